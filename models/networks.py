@@ -1,0 +1,119 @@
+"""Image classification networks, and the weights-only model file every later stage loads.
+
+Every network takes float32 NCHW pixels in [0, 1] and starts with its own normalisation layer, so
+the exported ONNX model needs no preprocessing beyond `pixel / 255`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tasks.artifacts import atomic_file
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; the statistics are buffers, so they travel with the weights."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (w, 2w, 4w channels), two poolings, global average pool: for images <= ~64 px."""
+
+    def __init__(self, in_channels: int, n_classes: int, width: int = 32, dropout: float = 0.2) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_bn(in_channels, w), conv_bn(w, w), nn.MaxPool2d(2),
+            conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+            conv_bn(2 * w, 4 * w),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs and a (projected when the shape changes) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn(c_in, c_out, stride),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = (
+            nn.Identity() if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet-style: stem, three stages of two basic blocks (w, 2w, 4w), for larger images."""
+
+    def __init__(self, in_channels: int, n_classes: int, width: int = 32, dropout: float = 0.2) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_bn(in_channels, w),
+            BasicBlock(w, w, 1), BasicBlock(w, w, 1),
+            BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w, 1),
+            BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w, 1),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"small_cnn": SmallCNN, "resnet": ResNet}
+
+
+def build_network(architecture: str, in_channels: int, n_classes: int, width: int, dropout: float,
+                  mean: list[float], std: list[float]) -> nn.Sequential:
+    """Normalisation followed by the named network body."""
+    body = ARCHITECTURES[architecture](in_channels, n_classes, width, dropout)
+    return nn.Sequential(Normalize(mean, std), body)
+
+
+def save_model_file(path: Path | str, net: nn.Module, spec: dict[str, Any], info: dict[str, Any]) -> None:
+    """Weights-only model file: tensors plus plain data, loadable with `torch.load(weights_only=True)`.
+
+    `spec` holds build_network's arguments; `info` classes, input shape and lineage.
+    """
+    payload = {"format": "lab2prod-model/1", "spec": spec, "info": info,
+               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model_file(path: Path | str) -> tuple[nn.Sequential, dict[str, Any]]:
+    """Rebuild the network from a model file (safe: weights_only=True). Returns (net in eval mode, info)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    net = build_network(**payload["spec"])
+    net.load_state_dict(payload["state_dict"])
+    return net.eval(), payload["info"]

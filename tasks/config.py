@@ -1,0 +1,150 @@
+"""Typed, validated settings: params.yaml loaded once into one pydantic model per stage.
+
+An unknown key, a wrong type or an out-of-range value fails before any work starts, naming the
+file, the key and the value. The meaning of each setting is documented beside it in params.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class ConfigError(ValueError):
+    """A settings file that cannot be used; the message says where and what to change."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(_Section):
+    source: str = "digits"
+    image_size: Annotated[int, Field(ge=8, le=512)] = 16
+    channels: Literal[1, 3] = 1
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.25
+    seed: int = 42
+    max_image_pixels: Annotated[int, Field(ge=1024)] = 40_000_000
+    min_images_per_class: Annotated[int, Field(ge=3)] = 5
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> IngestConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} "
+                "leaves under 10% of the images for training; lower one of them"
+            )
+        return self
+
+
+class AugmentConfig(_Section):
+    copies: Annotated[int, Field(ge=0, le=100)] = 4
+    rotation_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 12.0
+    shift: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    scale_min: Annotated[float, Field(ge=0.5, le=1.0)] = 0.9
+    scale_max: Annotated[float, Field(ge=1.0, le=1.5)] = 1.1
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    horizontal_flip: bool = False
+    seed: int = 7
+    preview_images: Annotated[int, Field(ge=1, le=64)] = 8
+
+
+class TrainConfig(_Section):
+    architecture: Literal["small_cnn", "resnet"] = "small_cnn"
+    width: Annotated[int, Field(ge=4, le=512)] = 32
+    dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 5e-4
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    patience: Annotated[int, Field(ge=1)] = 10
+    precision: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    seed: int = 0
+
+
+class EvaluateConfig(_Section):
+    baseline: Literal["svc", "logistic", "none"] = "svc"
+    baseline_c: Annotated[float, Field(gt=0.0)] = 10.0
+
+
+class ExportConfig(_Section):
+    opset: Annotated[int, Field(ge=17, le=21)] = 18
+    atol: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
+    parity_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [1, 7]
+
+
+class Params(_Section):
+    ingest: IngestConfig = IngestConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
+
+    def section_hash(self, *sections: str) -> str:
+        """Short content hash of the named sections (all of them if none): lineage of an artifact."""
+        names = sections or tuple(type(self).model_fields)
+        blob = json.dumps({n: getattr(self, n).model_dump(mode="json") for n in names}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'. Remove it or fix its spelling (see the comments in params.yaml)."
+    value = error.get("input")
+    return f"{source}: {key} = {value!r}: {error['msg']}."
+
+
+def validate_params(raw: Any, source: str = str(PARAMS_FILE)) -> Params:
+    """Validate a parsed params mapping; raise ConfigError listing every problem found."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of stage sections, got {type(raw).__name__}.")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n  ".join(_describe(e, source) for e in exc.errors())
+        raise ConfigError(f"invalid settings:\n  {problems}") from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate a params.yaml file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: settings file not found; run from the project root.") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate_params(raw, str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of raw params with dotted-key overrides (`{"train.epochs": 5}`) applied."""
+    merged = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = merged
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: '{part}' is not a section.")
+        node[leaf] = value
+    return merged
