@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,11 +25,16 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from models.classifier import ArrayDataModule, ImageClassifier
 from models.networks import save_model_file
-from tasks.artifacts import git_commit, read_json, write_json
+from tasks.artifacts import files_digest, git_commit, read_json, write_json
 from tasks.config import Params, TrainConfig, load_params
 from tasks.logs import stage_entry
 
 log = logging.getLogger(__name__)
+# Lightning's start-up chatter (accelerator probe, product tips) and two known-harmless warnings:
+# our checkpoint dir is reused on purpose (resume), and the pytree one is Lightning's own deprecation.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 PREPARED = Path("data/prepared")
 AUGMENTED = Path("data/augmented")
@@ -88,7 +94,8 @@ def train(params: Params, prepared: Path = PREPARED, augmented: Path = AUGMENTED
     spec = {"architecture": cfg.architecture, "in_channels": channels, "n_classes": len(meta["classes"]),
             "width": cfg.width, "dropout": cfg.dropout,
             "mean": meta["normalization"]["mean"], "std": meta["normalization"]["std"]}
-    fingerprint = f"{meta['dataset_hash'][:16]}-{params.section_hash('ingest', 'augment', 'train')}"
+    inputs_hash = files_digest(augmented / "train.npz", prepared / "val.npz")
+    fingerprint = f"{inputs_hash}-{params.section_hash('train')}"
     ckpt_dir = out_dir / "checkpoints"
     resume_from = checkpoint_to_resume(ckpt_dir, fingerprint)
     if resume_from:
@@ -123,8 +130,8 @@ def train(params: Params, prepared: Path = PREPARED, augmented: Path = AUGMENTED
         "input": "float32 NCHW, pixel / 255 (normalisation is inside the network)",
         "best_val_loss": float(best.best_model_score),
         "epochs_trained": trainer.current_epoch,
-        "lineage": {"dataset_hash": meta["dataset_hash"], "params_hash": params.section_hash(),
-                    "git_commit": git_commit()},
+        "lineage": {"dataset_hash": meta["dataset_hash"], "train_inputs_hash": inputs_hash,
+                    "params_hash": params.section_hash("train"), "git_commit": git_commit()},
     }
     save_model_file(out_dir / "model.pt", model.net, spec, info)
     write_json(ckpt_dir / "run.json", {"fingerprint": fingerprint, "complete": True})
