@@ -87,7 +87,11 @@ def checkpoint_to_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
 
 def train(params: Params, prepared: Path = PREPARED, augmented: Path = AUGMENTED, out_dir: Path = OUT_DIR,
           metrics_dir: Path = METRICS_DIR, trainer_overrides: dict[str, Any] | None = None) -> dict:
-    """Train, resume if an unfinished matching run exists, write the model file. Returns a summary."""
+    """Train, resume if an unfinished matching run exists, write the model file. Returns a summary.
+
+    `trainer_overrides` are extra lightning.Trainer arguments (e.g. a DDP strategy); callbacks given
+    there are added to ours.
+    """
     cfg = params.train
     meta = read_json(prepared / "meta.json")
     height, width, channels = meta["image_shape"]
@@ -105,18 +109,20 @@ def train(params: Params, prepared: Path = PREPARED, augmented: Path = AUGMENTED
     model = ImageClassifier(spec, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing)
     data = ArrayDataModule(augmented / "train.npz", prepared / "val.npz", cfg.batch_size, cfg.seed)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
+    overrides = dict(trainer_overrides or {})
+    callbacks = [best, EarlyStopping(monitor="val/loss", mode="min", patience=cfg.patience), EpochLog()]
     trainer = L.Trainer(**{
         "max_epochs": cfg.epochs,
         "accelerator": cfg.accelerator,
         "devices": cfg.devices,
         "precision": resolve_precision(cfg),
-        "callbacks": [best, EarlyStopping(monitor="val/loss", mode="min", patience=cfg.patience), EpochLog()],
+        "callbacks": callbacks + list(overrides.pop("callbacks", [])),
         "logger": DVCLiveLogger(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=None, resume=bool(resume_from)),
         "enable_progress_bar": sys.stderr.isatty(),
         "enable_model_summary": False,
         "log_every_n_steps": 1,
         "default_root_dir": str(out_dir),
-        **(trainer_overrides or {}),
+        **overrides,
     })
     trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
 

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny settings, real digits data, image folders with broken files mixed in.
+
+Every test runs on the CPU with tiny settings (few epochs, narrow nets, 8x8 images), in tmp_path.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from tasks.config import Params, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "ingest": {"image_size": 8},
+    "augment": {"copies": 1, "preview_images": 2},
+    "train": {"width": 8, "epochs": 2, "batch_size": 256, "lr": 0.01, "accelerator": "cpu"},
+    "evaluate": {"baseline": "logistic", "baseline_c": 1.0},
+    "export": {},
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return validate_params(TINY)
+
+
+def digit_png(index: int, size: int = 8) -> Image.Image:
+    img = load_digits().images[index]
+    return Image.fromarray(np.rint(img * 255 / 16).astype(np.uint8), "L").resize((size, size))
+
+
+def bomb_png() -> bytes:
+    """A tiny, valid-looking PNG that claims 100000 x 100000 pixels: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Three classes of real digit PNGs (12 each, 24x24, one JPEG, one RGB) plus one broken file of each kind."""
+    digits = load_digits()
+    root = tmp_path / "images"
+    for cls in (0, 1, 2):
+        folder = root / f"digit_{cls}"
+        folder.mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(digits.target == cls)[:12]):
+            img = digit_png(int(i), 24)
+            if k == 0:
+                img.convert("RGB").save(folder / f"{i}.jpg", quality=95)
+            elif k == 1:
+                img.convert("RGB").save(folder / f"{i}.png")
+            else:
+                img.save(folder / f"{i}.png")
+    broken = root / "digit_0"
+    good = next(broken.glob("*.png")).read_bytes()
+    (broken / "truncated.png").write_bytes(good[: len(good) // 2])
+    (broken / "notes.jpg").write_text("this is not an image\n")
+    (broken / "empty.png").write_bytes(b"")
+    (broken / "bomb.png").write_bytes(bomb_png())
+    return root
