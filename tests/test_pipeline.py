@@ -1,0 +1,134 @@
+"""The real pipeline: `dvc repro` in a temporary git repo, tiny settings, every stage for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow
+
+PROJECT_FILES = ["tasks", "models", "flows", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def sh(repo: Path, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_params(repo: Path, overrides: dict) -> None:
+    params = {section: {**TINY[section], **overrides.get(section, {})} for section in TINY}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh git + DVC project holding this project's pipeline code and tiny params."""
+    repo = tmp_path / "project"
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    write_params(repo, {})
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    return repo
+
+
+def commit(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message)
+
+
+def stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> None:
+    first = sh(repo, "dvc", "repro")
+    assert stages_run(first.stdout) == {"ingest", "augment", "train", "evaluate", "export"}
+    for out in ("data/prepared/meta.json", "data/augmented/train.npz", "artifacts/train/model.pt",
+                "metrics/evaluate.json", "plots/confusion_matrix.png", "artifacts/export/model.onnx"):
+        assert (repo / out).stat().st_size > 0, out
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "export"}
+
+    again = sh(repo, "dvc", "repro")
+    assert stages_run(again.stdout) == set() and "up to date" in sh(repo, "dvc", "status").stdout
+
+    commit(repo, "baseline run")
+    before = json.loads((repo / "metrics/evaluate.json").read_text())
+    exp = sh(repo, "dvc", "exp", "run", "-S", "train.epochs=4", "-S", "train.width=12")
+    assert stages_run(exp.stdout) == {"train", "evaluate", "export"}  # not ingest, not augment
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)
+    assert "metrics/evaluate.json" in diff and "metrics/train/metrics.json" in diff
+    after = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert after["lineage"]["params_hash"] != before["lineage"]["params_hash"]
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    assert "train.epochs" in json.dumps(shown) or '"epochs": 4' in json.dumps(shown)
+    plots = sh(repo, "dvc", "plots", "show", "--json")
+    assert "predictions.csv" in plots.stdout
+
+
+def test_bad_params_stop_the_run_naming_the_key_and_leave_nothing(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ingest"]["image_sise"] = 16
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = sh(repo, "dvc", "repro", check=False)
+    assert proc.returncode != 0
+    assert "ingest.image_sise" in proc.stdout + proc.stderr and "unknown key" in proc.stdout + proc.stderr
+    assert not (repo / "data/prepared").exists() and not (repo / "dvc.lock").exists()
+
+
+def test_broken_images_are_quarantined_through_the_pipeline(repo: Path, image_folder: Path) -> None:
+    write_params(repo, {"ingest": {"source": str(image_folder), "image_size": 16},
+                        "export": {"parity_batch_sizes": [1, 3]}})
+    sh(repo, "dvc", "repro")
+    meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    assert meta["quarantined"] == {"truncated": 1, "not_an_image": 1, "empty_file": 1, "decompression_bomb": 1}
+    assert json.loads((repo / "metrics/evaluate.json").read_text())["n_test"] > 0
+    assert (repo / "artifacts/export/model.onnx").exists()
+
+
+def test_kill_9_during_training_then_repro_resumes_and_completes(repo: Path) -> None:
+    write_params(repo, {"train": {"epochs": 60, "patience": 100}})
+    sh(repo, "dvc", "repro", "augment")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = repo / "artifacts/train/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it get into a later epoch
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (repo / "artifacts/train/model.pt").exists()  # nothing half-written became an output
+    assert sh(repo, "dvc", "status", "train").stdout.strip() != ""  # DVC knows train did not finish
+
+    resumed = sh(repo, "dvc", "repro")
+    assert "resuming the unfinished run" in resumed.stdout + resumed.stderr
+    assert stages_run(resumed.stdout) == {"train", "evaluate", "export"}
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+    epochs = (repo / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
+    assert len(epochs) == 60
