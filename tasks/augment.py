@@ -27,7 +27,7 @@ from tasks.artifacts import atomic_dir, atomic_file  # noqa: E402
 from tasks.config import AugmentConfig, load_params  # noqa: E402
 from tasks.logs import stage_entry  # noqa: E402
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tasks.augment")  # not __name__: that is __main__ under python -m
 
 PREPARED = Path("data/prepared")
 OUT_DIR = Path("data/augmented")

@@ -32,7 +32,7 @@ from tasks.artifacts import atomic_file, write_json  # noqa: E402
 from tasks.config import EvaluateConfig, load_params  # noqa: E402
 from tasks.logs import stage_entry  # noqa: E402
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tasks.evaluate")  # not __name__: that is __main__ under python -m
 
 PREPARED = Path("data/prepared")
 MODEL = Path("artifacts/train/model.pt")

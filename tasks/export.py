@@ -28,7 +28,7 @@ from tasks.artifacts import atomic_file, write_json
 from tasks.config import ExportConfig, load_params
 from tasks.logs import stage_entry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tasks.export")  # not __name__: that is __main__ under python -m
 # The exporter's optimiser passes log every rewrite at INFO; keep the stage's own lines readable.
 for _noisy in ("onnx_ir", "onnxscript"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)

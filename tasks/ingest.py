@@ -33,7 +33,7 @@ from tasks.artifacts import atomic_dir, write_json
 from tasks.config import IngestConfig, load_params
 from tasks.logs import DataError, stage_entry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tasks.ingest")  # not __name__: that is __main__ under python -m
 
 OUT_DIR = Path("data/prepared")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}

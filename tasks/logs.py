@@ -39,7 +39,7 @@ def stage_entry(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError) as exc:
-            logging.getLogger(fn.__module__).error("%s", exc)
+            logging.getLogger("lab2prod").error("%s", exc)
             raise SystemExit(2) from None
 
     return wrapper

@@ -29,7 +29,7 @@ from tasks.artifacts import files_digest, git_commit, read_json, write_json
 from tasks.config import Params, TrainConfig, load_params
 from tasks.logs import stage_entry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tasks.train")  # not __name__: that is __main__ under python -m
 # Lightning's start-up chatter (accelerator probe, product tips) and two known-harmless warnings:
 # our checkpoint dir is reused on purpose (resume), and the pytree one is Lightning's own deprecation.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

@@ -1,0 +1,102 @@
+"""One training epoch through Lightning vs a plain PyTorch loop: same network, data, optimiser, batches.
+
+Runs both in one process, alternating (L, P, L, P, ...) after one warm-up each, so drift in the
+machine's speed hits both alike; prints each run, the medians and the per-pair ratio. The Lightning
+figure is the whole `Trainer.fit` call for one epoch (set-up included; validation and checkpoints
+off); the plain loop does the same steps by hand (forward, loss, backward, AdamW, one-cycle step,
+running accuracy).
+
+    python benchmarks/lightning_overhead.py --runs 5
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import lightning as L
+import torch
+import typer
+from torch import nn
+
+from benchmarks._common import hardware
+from models.classifier import ArrayBatches, ArrayDataModule, ImageClassifier, load_split, to_model_input
+from models.networks import build_network
+from tasks.artifacts import read_json
+from tasks.augment import augment
+from tasks.config import load_params
+from tasks.ingest import ingest
+
+
+def lightning_epoch(spec: dict, data: Path, params) -> float:
+    cfg = params.train
+    model = ImageClassifier(spec, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing)
+    dm = ArrayDataModule(data / "augmented/train.npz", data / "prepared/val.npz", cfg.batch_size, cfg.seed)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    return time.perf_counter() - start
+
+
+def plain_epoch(spec: dict, data: Path, params) -> float:
+    cfg = params.train
+    start = time.perf_counter()
+    x, y = load_split(data / "augmented/train.npz")
+    net = build_network(**spec).train()
+    batches = ArrayBatches(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=len(batches), pct_start=0.25)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    correct = seen = 0
+    for xb, yb in batches:
+        logits = net(to_model_input(xb))
+        loss = loss_fn(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        correct += int((logits.argmax(1) == yb).sum())
+        seen += len(yb)
+    return time.perf_counter() - start
+
+
+def main(runs: Annotated[int, typer.Option(help="Counted runs of each.")] = 5,
+         params_file: Annotated[Path, typer.Option("--params", help="Settings file.")] = Path("params.yaml")) -> None:
+    """Time one epoch through Lightning and through a plain loop, alternating."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    params = load_params(params_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        ingest(params.ingest, data / "prepared")
+        augment(params.augment, data / "prepared", data / "augmented", data / "preview.png")
+        meta = read_json(data / "prepared/meta.json")
+        h, w, c = meta["image_shape"]
+        spec = {"architecture": params.train.architecture, "in_channels": c, "n_classes": len(meta["classes"]),
+                "width": params.train.width, "dropout": params.train.dropout,
+                "mean": meta["normalization"]["mean"], "std": meta["normalization"]["std"]}
+        n_images = len(load_split(data / "augmented/train.npz")[1])
+        lightning_epoch(spec, data, params), plain_epoch(spec, data, params)  # warm-up
+        pairs = [(lightning_epoch(spec, data, params), plain_epoch(spec, data, params)) for _ in range(runs)]
+
+    lit, plain = [p[0] for p in pairs], [p[1] for p in pairs]
+    ratios = [a / b for a, b in pairs]
+    print(f"hardware: {hardware()}")
+    print(f"one epoch: {n_images} images {h}x{w}x{c}, {params.train.architecture} width {params.train.width}, "
+          f"batch {params.train.batch_size}; n = {runs} pairs after 1 warm-up pair")
+    print("run  lightning s  plain s  ratio")
+    for i, (a, b) in enumerate(pairs):
+        print(f"{i:>3}  {a:>11.3f}  {b:>7.3f}  {a / b:>5.3f}")
+    print(f"median: lightning {statistics.median(lit):.3f} s, plain loop {statistics.median(plain):.3f} s, "
+          f"ratio {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    typer.run(main)
