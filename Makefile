@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands in dvc.yaml say `python -m tasks.<stage>`: make them find the venv's python.
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup pipeline test test-fast bench clean
+.PHONY: help setup pipeline test test-fast bench clean prefect-server prefect-deploy prefect-worker prefect-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,3 +36,19 @@ bench: $(STAMP)  ## accuracy over seeds vs the baseline; Lightning vs a plain Py
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data artifacts metrics plots
+
+# --- Prefect ---------------------------------------------------------------------------------
+PREFECT_PORT ?= 4200
+export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+
+prefect-server: $(STAMP)  ## start a local Prefect server (SQLite in ~/.prefect), UI on :4200
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+prefect-deploy: $(STAMP)  ## create the process work pool and register prefect.yaml's deployments
+	$(RUN) $(BIN)/python -m flows.deploy
+
+prefect-worker: prefect-deploy  ## register, then run flow runs from the pool on this machine
+	$(RUN) $(BIN)/prefect worker start --pool lab2prod-process
+
+prefect-run: $(STAMP)  ## trigger one on-demand run and follow it (needs a worker)
+	$(BIN)/prefect deployment run 'training-pipeline/training-pipeline' --watch

@@ -45,9 +45,7 @@ METRICS_DIR = Path("metrics/train")
 class EpochLog(Callback):
     """One log line per epoch, so runs without a progress bar (CI, Prefect) still show progress."""
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f", trainer.current_epoch + 1,
                  trainer.max_epochs, m.get("train/loss", float("nan")), m.get("val/loss", float("nan")),

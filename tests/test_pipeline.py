@@ -4,62 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY
+from tests.sandbox import commit, make_project, project_env, sh, stages_run, write_params
 
 pytestmark = pytest.mark.slow
-
-PROJECT_FILES = ["tasks", "models", "flows", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
-
-
-def sh(repo: Path, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo)}
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def write_params(repo: Path, overrides: dict) -> None:
-    params = {section: {**TINY[section], **overrides.get(section, {})} for section in TINY}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A fresh git + DVC project holding this project's pipeline code and tiny params."""
-    repo = tmp_path / "project"
-    for name in PROJECT_FILES:
-        src, dst = ROOT / name, repo / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    write_params(repo, {})
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
-    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
-    return repo
-
-
-def commit(repo: Path, message: str) -> None:
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message)
-
-
-def stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+    return make_project(tmp_path / "project")
 
 
 def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> None:
@@ -111,9 +71,7 @@ def test_broken_images_are_quarantined_through_the_pipeline(repo: Path, image_fo
 def test_kill_9_during_training_then_repro_resumes_and_completes(repo: Path) -> None:
     write_params(repo, {"train": {"epochs": 60, "patience": 100}})
     sh(repo, "dvc", "repro", "augment")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(repo)}
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, start_new_session=True,
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=project_env(repo), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = repo / "artifacts/train/checkpoints/last.ckpt"
     deadline = time.monotonic() + 300

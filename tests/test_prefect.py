@@ -1,0 +1,157 @@
+"""Prefect drives the same DAG: a real server on loopback, real deployments, a real process worker."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.sandbox import commit, make_project, project_env, sh
+
+pytestmark = pytest.mark.slow
+
+RUN = "training-pipeline/training-pipeline"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A Prefect server on 127.0.0.1 with its own home and SQLite database, for this module."""
+    home = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=project_env(home, **env), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None, (home / "server.log").read_text()
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("the Prefect server did not come up in 120 s")
+    yield env
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def deployed(tmp_path: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A sandbox project with its deployments registered and a process worker polling for runs."""
+    repo = make_project(tmp_path / "project")
+    env = project_env(repo, **prefect_env)
+    sh(repo, "python", "-m", "flows.deploy", env=env)
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "lab2prod-process"], cwd=repo, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    yield repo, env
+    worker.terminate()
+    worker.wait(timeout=30)
+
+
+def start_run(repo: Path, env: dict[str, str], *extra: str) -> str:
+    out = sh(repo, "prefect", "deployment", "run", RUN, *extra, env=env).stdout
+    return re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+
+
+def wait_for(repo: Path, env: dict[str, str], run_id: str, timeout: float = 400) -> str:
+    """Poll a flow run until it is terminal; return its state type (COMPLETED, FAILED, ...)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = sh(repo, "prefect", "flow-run", "inspect", run_id, "--output", "json", env=env).stdout
+        state = json.loads(out)["state"]["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout} s")
+
+
+def logs(repo: Path, env: dict[str, str], run_id: str) -> str:
+    return sh(repo, "prefect", "flow-run", "logs", run_id, env=env).stdout
+
+
+def test_deployment_run_completes_and_leaves_what_dvc_repro_would(deployed: tuple[Path, dict[str, str]]) -> None:
+    repo, env = deployed
+    run_id = start_run(repo, env)
+    assert wait_for(repo, env, run_id) == "COMPLETED", logs(repo, env, run_id)
+    assert "up to date" in sh(repo, "dvc", "status").stdout  # the flow and `dvc repro` are one DAG
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "export"}
+    text = logs(repo, env, run_id)
+    assert "[train]" in text and "Running stage 'train'" in text  # the stage's output is in the run log
+    artifacts = sh(repo, "prefect", "artifact", "ls", env=env).stdout
+    assert "lab2prod-metrics" in artifacts and "lab2prod-run" in artifacts
+
+    # with overrides: validated, applied, and recorded as a DVC experiment
+    commit(repo, "first run")
+    run_id = start_run(repo, env, "--param", 'overrides={"train.epochs": 3}')
+    assert wait_for(repo, env, run_id) == "COMPLETED", logs(repo, env, run_id)
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    epochs = [r["data"]["params"]["params.yaml"]["data"]["train"]["epochs"]
+              for commit_ in shown for exp in (commit_.get("experiments") or []) for r in exp["revs"]]
+    assert epochs == [3]
+    assert "Running stage 'ingest'" not in logs(repo, env, run_id)  # only train and later reran
+
+
+def test_failing_stage_fails_the_flow_and_stops_downstream(deployed: tuple[Path, dict[str, str]]) -> None:
+    repo, env = deployed
+    params_before = (repo / "params.yaml").read_bytes()
+    run_id = start_run(repo, env, "--param", 'overrides={"ingest.source": "/no/such/images"}')
+    assert wait_for(repo, env, run_id) == "FAILED"
+    text = logs(repo, env, run_id)
+    assert "ingest.source = '/no/such/images': not a directory" in text  # the stage's own error
+    assert "Task run 'augment'" not in text and "[augment]" not in text
+    assert not (repo / "data/prepared").exists()  # no output of the failed stage in place
+    assert (repo / "params.yaml").read_bytes() == params_before  # the override was rolled back
+
+
+def test_bad_override_is_rejected_before_any_stage_runs(deployed: tuple[Path, dict[str, str]]) -> None:
+    repo, env = deployed
+    run_id = start_run(repo, env, "--param", 'overrides={"train.epohcs": 3}')
+    assert wait_for(repo, env, run_id) == "FAILED"
+    text = logs(repo, env, run_id)
+    assert "train.epohcs" in text and "Running stage" not in text
+
+
+def test_two_runs_at_once_both_end_well_and_the_workspace_is_intact(deployed: tuple[Path, dict[str, str]]) -> None:
+    repo, env = deployed
+    first, second = start_run(repo, env), start_run(repo, env)
+    states = {wait_for(repo, env, first), wait_for(repo, env, second)}
+    assert states == {"COMPLETED"}, logs(repo, env, first) + logs(repo, env, second)
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {
+        "ingest", "augment", "train", "evaluate", "export"}
+    # one ran the stages, the other found nothing to do: they did not interleave
+    ran = ["Running stage 'train'" in logs(repo, env, r) for r in (first, second)]
+    assert sorted(ran) == [False, True]
+
+
+def test_scheduled_deployment_has_its_cron(deployed: tuple[Path, dict[str, str]]) -> None:
+    repo, env = deployed
+    out = sh(repo, "prefect", "deployment", "inspect", "training-pipeline/scheduled-retrain", env=env).stdout
+    cron = yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"][1]["schedules"][0]["cron"]
+    assert f"'cron': '{cron}'" in out and "'collision_strategy': 'ENQUEUE'" in out
