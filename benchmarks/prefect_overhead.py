@@ -1,0 +1,96 @@
+"""The same pipeline through Prefect and through plain `dvc repro`: wall time, ratio, per-task overhead.
+
+Builds a throwaway git + DVC copy of this project, starts a Prefect server on loopback (SQLite, its
+own home), then alternates, n times: clear the outputs and dvc.lock, run `dvc repro`; clear again,
+run the flow (`python -m flows.pipeline`, reporting to that server). Both therefore run every stage.
+Prints each pair, the medians, the ratio Prefect / DVC, and the overhead per stage task.
+
+    python -m benchmarks.prefect_overhead --runs 3 --settings tiny
+    python -m benchmarks.prefect_overhead --runs 2 --settings default
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from benchmarks._common import hardware
+from tests.sandbox import make_project, project_env, write_params
+
+OUTPUTS = ("data", "artifacts", "metrics", "plots", "dvc.lock")
+
+
+def clear(repo: Path) -> None:
+    for name in OUTPUTS:
+        path = repo / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def timed(cmd: list[str], repo: Path, env: dict[str, str]) -> float:
+    clear(repo)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def main(runs: Annotated[int, typer.Option(help="Counted pairs.")] = 3,
+         settings: Annotated[str, typer.Option(help="'tiny' (test settings) or 'default' (params.yaml).")] = "tiny",
+         port: Annotated[int, typer.Option(help="Loopback port for the benchmark's Prefect server.")] = 4297) -> None:
+    """Wall time of the whole DAG via Prefect vs via dvc repro, alternating."""
+    if settings not in ("tiny", "default"):
+        raise typer.BadParameter("settings must be 'tiny' or 'default'")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        repo = make_project(root / "project")
+        if settings == "default":
+            shutil.copy2(Path(__file__).resolve().parents[1] / "params.yaml", repo / "params.yaml")
+        else:
+            write_params(repo, {})
+        prefect = {"PREFECT_HOME": str(root / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+                   "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root}/prefect.db",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+        env = project_env(repo, **prefect)
+        server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(240):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            dvc_cmd, flow_cmd = ["dvc", "repro"], ["python", "-m", "flows.pipeline"]
+            timed(dvc_cmd, repo, env), timed(flow_cmd, repo, env)  # warm-up pair
+            pairs = [(timed(flow_cmd, repo, env), timed(dvc_cmd, repo, env)) for _ in range(runs)]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    n_stages = 5
+    flows_s, dvc_s = [p[0] for p in pairs], [p[1] for p in pairs]
+    ratios = [a / b for a, b in pairs]
+    print(f"hardware: {hardware()}")
+    print(f"pipeline: {n_stages} stages, {settings} settings, every stage run each time; n = {runs} pairs after 1 warm-up pair")
+    print("run  prefect s  dvc repro s  ratio")
+    for i, (a, b) in enumerate(pairs):
+        print(f"{i:>3}  {a:>9.2f}  {b:>11.2f}  {a / b:>5.3f}")
+    overhead = statistics.median(a - b for a, b in pairs)
+    print(f"median: prefect {statistics.median(flows_s):.2f} s, dvc repro {statistics.median(dvc_s):.2f} s, "
+          f"ratio {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(f"Prefect adds {overhead:.2f} s per run: {overhead / n_stages:.2f} s per stage task "
+          "(flow start-up, task state round trips, one `dvc` process per stage)")
+
+
+if __name__ == "__main__":
+    typer.run(main)
