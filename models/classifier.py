@@ -24,7 +24,7 @@ class ImageClassifier(L.LightningModule):
 
     def __init__(self, spec: dict[str, Any], lr: float, weight_decay: float, label_smoothing: float) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["teacher"])  # a distillation subclass's teacher is a module
         self.net = build_network(**spec)
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         n = spec["n_classes"]
@@ -54,7 +54,8 @@ class ImageClassifier(L.LightningModule):
         hp = self.hparams
         decay, no_decay = [], []
         for name, p in self.named_parameters():  # no weight decay on norms and biases
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            if p.requires_grad:  # a frozen teacher (distillation) is not optimised
+                (no_decay if p.ndim <= 1 else decay).append(p)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr,
@@ -142,3 +143,31 @@ class ArrayDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         x, y = batch
         return to_model_input(x), y
+
+
+class DistillationModule(ImageClassifier):
+    """Trains a student on the teacher's softened outputs (temperature T) and the true labels.
+
+    loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy(student, labels)
+    """
+
+    def __init__(self, spec: dict[str, Any], teacher: nn.Module, lr: float, weight_decay: float,
+                 temperature: float, alpha: float) -> None:
+        super().__init__(spec, lr=lr, weight_decay=weight_decay, label_smoothing=0.0)
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.temperature, self.alpha = temperature, alpha
+
+    def on_train_epoch_start(self) -> None:
+        self.teacher.eval()  # Lightning puts every submodule in train mode; keep the teacher's BN fixed
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        with torch.no_grad():
+            soft = torch.softmax(self.teacher(x) / self.temperature, dim=1)
+        kd = nn.functional.kl_div(torch.log_softmax(logits / self.temperature, dim=1), soft, reduction="batchmean")
+        loss = self.alpha * self.temperature**2 * kd + (1 - self.alpha) * self.loss(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss

@@ -111,9 +111,47 @@ def save_model_file(path: Path | str, net: nn.Module, spec: dict[str, Any], info
         torch.save(payload, tmp)
 
 
+def fit_shapes_to(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize conv / batch-norm / linear layers to the shapes in `state_dict`.
+
+    A structurally pruned network has fewer channels than its architecture's defaults; its model
+    file stays weights-only (no pickled modules) because the shapes are read back from the tensors.
+    """
+    for name, module in net.named_modules():
+        weight = state_dict.get(f"{name}.weight" if name else "weight")
+        if weight is None:
+            continue
+        if isinstance(module, nn.Conv2d):
+            module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
+        elif isinstance(module, nn.BatchNorm2d):
+            module.num_features = weight.shape[0]
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = weight.shape
+        else:
+            continue
+        for attr in ("weight", "bias"):
+            if getattr(module, attr, None) is not None:
+                setattr(module, attr, nn.Parameter(torch.empty_like(state_dict[f"{name}.{attr}"])))
+        for buf in ("running_mean", "running_var"):
+            if getattr(module, buf, None) is not None:
+                setattr(module, buf, torch.empty_like(state_dict[f"{name}.{buf}"]))
+    return net
+
+
 def load_model_file(path: Path | str) -> tuple[nn.Sequential, dict[str, Any]]:
     """Rebuild the network from a model file (safe: weights_only=True). Returns (net in eval mode, info)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    net = build_network(**payload["spec"])
+    net = fit_shapes_to(build_network(**payload["spec"]), payload["state_dict"])
     net.load_state_dict(payload["state_dict"])
     return net.eval(), payload["info"]
+
+
+def count_macs_and_params(net: nn.Module, image_shape: list[int]) -> tuple[int, int]:
+    """Multiply-accumulates of one image's forward pass, and the parameter count."""
+    import torch_pruning as tp
+
+    height, width, channels = image_shape
+    was_training = net.training
+    macs, params = tp.utils.count_ops_and_params(net.eval(), torch.zeros(1, channels, height, width))
+    net.train(was_training)
+    return int(macs), int(params)

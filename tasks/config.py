@@ -81,10 +81,55 @@ class EvaluateConfig(_Section):
     baseline_c: Annotated[float, Field(gt=0.0)] = 10.0
 
 
+class PruneConfig(_Section):
+    enabled: bool = True
+    target_macs: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    round_to: Annotated[int, Field(ge=1, le=64)] = 8
+    finetune_epochs: Annotated[int, Field(ge=0, le=1000)] = 10
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
+
+
+class SparseConfig(_Section):
+    enabled: bool = True
+    sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    finetune_epochs: Annotated[int, Field(ge=0, le=1000)] = 5
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
+
+
+class Int8Config(_Section):
+    enabled: bool = True
+    mode: Literal["static", "dynamic"] = "static"
+    calibration_images: Annotated[int, Field(ge=8, le=100_000)] = 512
+    per_channel: bool = True
+    min_top1_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = 0.99
+
+
+class DistillConfig(_Section):
+    enabled: bool = True
+    student_width: Annotated[int, Field(ge=4, le=512)] = 16
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 20
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 3e-3
+    temperature: Annotated[float, Field(gt=0.0, le=20.0)] = 4.0
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
+
+
+class CompressConfig(_Section):
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
+    max_f1_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
+    seed: int = 0
+    prune: PruneConfig = PruneConfig()
+    sparse: SparseConfig = SparseConfig()
+    int8: Int8Config = Int8Config()
+    distill: DistillConfig = DistillConfig()
+
+
 class ExportConfig(_Section):
     opset: Annotated[int, Field(ge=17, le=21)] = 18
     atol: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
     parity_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [1, 7]
+    benchmark_calls: Annotated[int, Field(ge=10, le=1_000_000)] = 2000
+    benchmark_batch: Annotated[int, Field(ge=2, le=4096)] = 64
+    benchmark_batch_calls: Annotated[int, Field(ge=5, le=100_000)] = 300
 
 
 class Params(_Section):
@@ -92,6 +137,7 @@ class Params(_Section):
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    compress: CompressConfig = CompressConfig()
     export: ExportConfig = ExportConfig()
 
     def section_hash(self, *sections: str) -> str:

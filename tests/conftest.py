@@ -24,7 +24,13 @@ TINY = {
     "augment": {"copies": 1, "preview_images": 2},
     "train": {"width": 8, "epochs": 2, "batch_size": 256, "lr": 0.01, "accelerator": "cpu"},
     "evaluate": {"baseline": "logistic", "baseline_c": 1.0},
-    "export": {},
+    # Generous gates: two-epoch tiny models are not what the thresholds are for; every variant's
+    # path gets exercised. Rejection is tested on its own with the real thresholds.
+    "compress": {"max_accuracy_drop": 100, "max_f1_drop": 100,
+                 "prune": {"finetune_epochs": 1, "round_to": 1}, "sparse": {"finetune_epochs": 1},
+                 "int8": {"calibration_images": 64, "min_top1_agreement": 0.5},
+                 "distill": {"epochs": 1, "student_width": 4}},
+    "export": {"benchmark_calls": 20, "benchmark_batch": 8, "benchmark_batch_calls": 5},
 }
 
 
@@ -78,3 +84,30 @@ def image_folder(tmp_path: Path) -> Path:
     (broken / "empty.png").write_bytes(b"")
     (broken / "bomb.png").write_bytes(bomb_png())
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny pass of every stage, in DAG order, in a temp dir; returns the paths it wrote."""
+    from tasks.augment import augment
+    from tasks.compress import compress
+    from tasks.evaluate import evaluate
+    from tasks.export import export
+    from tasks.ingest import ingest
+    from tasks.train import train
+
+    d = tmp_path_factory.mktemp("run")
+    params = validate_params(TINY)
+    p = {"prepared": d / "prepared", "augmented": d / "augmented", "train": d / "train",
+         "model": d / "train/model.pt", "metrics": d / "evaluate.json", "csv": d / "predictions.csv",
+         "png": d / "confusion.png", "compressed": d / "compress", "compress_metrics": d / "compress.json",
+         "export": d / "export", "onnx": d / "export/model.onnx", "export_metrics": d / "export.json",
+         "benchmark": d / "benchmark.json", "dir": d}
+    ingest(params.ingest, p["prepared"])
+    augment(params.augment, p["prepared"], p["augmented"], d / "preview.png")
+    train(params, p["prepared"], p["augmented"], p["train"], d / "dvclive")
+    evaluate(params.evaluate, p["prepared"], p["model"], p["metrics"], p["csv"], p["png"])
+    compress(params, p["prepared"], p["augmented"], p["model"], p["compressed"], p["compress_metrics"])
+    export(params, p["prepared"], p["model"], p["compressed"], p["compress_metrics"], p["metrics"], p["export"],
+           p["export_metrics"], p["benchmark"])
+    return p

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from tasks.config import validate_params
 from tests.conftest import ROOT, TINY
 
 PROJECT_FILES = ["tasks", "models", "flows", "dvc.yaml", "params.yaml", "prefect.yaml", ".dvc/config",
@@ -32,8 +33,10 @@ def sh(repo: Path, *cmd: str, check: bool = True, timeout: float = 600, env: dic
 
 
 def write_params(repo: Path, overrides: dict) -> None:
-    params = {section: {**TINY[section], **overrides.get(section, {})} for section in TINY}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    """Tiny settings plus `overrides`, every key written out (DVC tracks keys, not defaults)."""
+    raw = {section: {**TINY[section], **overrides.get(section, {})} for section in TINY}
+    full = validate_params(raw).model_dump(mode="json")
+    (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
 
 
 def commit(repo: Path, message: str) -> None:

@@ -16,29 +16,15 @@ from sklearn.metrics import classification_report
 
 from models.classifier import load_split, to_model_input
 from models.networks import build_network, load_model_file
-from tasks.augment import augment
-from tasks.config import Params, validate_params
-from tasks.evaluate import evaluate
+from tasks.config import validate_params
 from tasks.export import ParityError, export
-from tasks.ingest import ingest
 from tasks.train import checkpoint_to_resume, train
 from tests.conftest import TINY
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One tiny pass of every stage in a temp dir; returns the paths it wrote."""
-    d = tmp_path_factory.mktemp("run")
-    params = validate_params(TINY)
-    p = {"prepared": d / "prepared", "augmented": d / "augmented", "train": d / "train",
-         "model": d / "train/model.pt", "metrics": d / "evaluate.json", "csv": d / "predictions.csv",
-         "png": d / "confusion.png", "onnx": d / "model.onnx", "export_metrics": d / "export.json", "dir": d}
-    ingest(params.ingest, p["prepared"])
-    augment(params.augment, p["prepared"], p["augmented"], d / "preview.png")
-    p["train_summary"] = train(params, p["prepared"], p["augmented"], p["train"], d / "dvclive")
-    evaluate(params.evaluate, p["prepared"], p["model"], p["metrics"], p["csv"], p["png"])
-    export(params.export, p["prepared"], p["model"], p["onnx"], p["export_metrics"])
-    return p
+@pytest.fixture
+def run(tiny_run: dict[str, Path]) -> dict[str, Path]:
+    return tiny_run
 
 
 def onnx_predictions(onnx_file: Path, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -99,16 +85,17 @@ def test_onnx_file_is_checked_dynamic_and_carries_metadata(run: dict[str, Path])
     session = ort.InferenceSession(str(run["onnx"]), providers=["CPUExecutionProvider"])
     for batch in (1, 3, 64):
         assert session.run(None, {"pixels": np.random.rand(batch, 1, 8, 8).astype(np.float32)})[0].shape == (batch, 10)
-    exported = json.loads(run["export_metrics"].read_text())
+    exported = json.loads(run["export_metrics"].read_text())["files"]["fp32"]
     assert exported["test_top1_agreement"] == 1.0 and max(exported["max_abs_logit_diff"].values()) < 1e-4
 
 
 def test_export_refuses_a_model_that_does_not_match(run: dict[str, Path], tmp_path: Path) -> None:
-    impossible = validate_params({"export": {"atol": 1e-30}}).export
-    target = tmp_path / "model.onnx"
+    impossible = validate_params({**TINY, "export": {**TINY["export"], "atol": 1e-30}})
+    target = tmp_path / "export"
     with pytest.raises(ParityError, match="export.atol"):
-        export(impossible, run["prepared"], run["model"], target, tmp_path / "export.json")
-    assert not target.exists() and not list(tmp_path.iterdir())  # no file, no temp left behind
+        export(impossible, run["prepared"], run["model"], run["compressed"], run["compress_metrics"], run["metrics"],
+               target, tmp_path / "export.json", tmp_path / "benchmark.json")
+    assert not list(tmp_path.iterdir())  # no file, no temp dir left behind
 
 
 def test_predictions_do_not_depend_on_batch_composition(run: dict[str, Path]) -> None:

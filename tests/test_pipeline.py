@@ -24,12 +24,12 @@ def repo(tmp_path: Path) -> Path:
 
 def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> None:
     first = sh(repo, "dvc", "repro")
-    assert stages_run(first.stdout) == {"ingest", "augment", "train", "evaluate", "export"}
+    assert stages_run(first.stdout) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
     for out in ("data/prepared/meta.json", "data/augmented/train.npz", "artifacts/train/model.pt",
                 "metrics/evaluate.json", "plots/confusion_matrix.png", "artifacts/export/model.onnx"):
         assert (repo / out).stat().st_size > 0, out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "export"}
+    assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
 
     again = sh(repo, "dvc", "repro")
     assert stages_run(again.stdout) == set() and "up to date" in sh(repo, "dvc", "status").stdout
@@ -37,7 +37,7 @@ def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> Non
     commit(repo, "baseline run")
     before = json.loads((repo / "metrics/evaluate.json").read_text())
     exp = sh(repo, "dvc", "exp", "run", "-S", "train.epochs=4", "-S", "train.width=12")
-    assert stages_run(exp.stdout) == {"train", "evaluate", "export"}  # not ingest, not augment
+    assert stages_run(exp.stdout) == {"train", "evaluate", "compress", "export"}  # not ingest, not augment
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)
     assert "metrics/evaluate.json" in diff and "metrics/train/metrics.json" in diff
     after = json.loads((repo / "metrics/evaluate.json").read_text())
@@ -86,7 +86,7 @@ def test_kill_9_during_training_then_repro_resumes_and_completes(repo: Path) -> 
 
     resumed = sh(repo, "dvc", "repro")
     assert "resuming the unfinished run" in resumed.stdout + resumed.stderr
-    assert stages_run(resumed.stdout) == {"train", "evaluate", "export"}
+    assert stages_run(resumed.stdout) == {"train", "evaluate", "compress", "export"}
     assert "up to date" in sh(repo, "dvc", "status").stdout
     epochs = (repo / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
     assert len(epochs) == 60

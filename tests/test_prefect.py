@@ -100,7 +100,7 @@ def test_deployment_run_completes_and_leaves_what_dvc_repro_would(deployed: tupl
     assert wait_for(repo, env, run_id) == "COMPLETED", logs(repo, env, run_id)
     assert "up to date" in sh(repo, "dvc", "status").stdout  # the flow and `dvc repro` are one DAG
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "export"}
+    assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
     text = logs(repo, env, run_id)
     assert "[train]" in text and "Running stage 'train'" in text  # the stage's output is in the run log
     artifacts = sh(repo, "prefect", "artifact", "ls", env=env).stdout
@@ -144,7 +144,7 @@ def test_two_runs_at_once_both_end_well_and_the_workspace_is_intact(deployed: tu
     assert states == {"COMPLETED"}, logs(repo, env, first) + logs(repo, env, second)
     assert "up to date" in sh(repo, "dvc", "status").stdout
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {
-        "ingest", "augment", "train", "evaluate", "export"}
+        "ingest", "augment", "train", "evaluate", "compress", "export"}
     # one ran the stages, the other found nothing to do: they did not interleave
     ran = ["Running stage 'train'" in logs(repo, env, r) for r in (first, second)]
     assert sorted(ran) == [False, True]

@@ -1,0 +1,131 @@
+"""Compress and export of the variants: each really changes the model the way it claims, is gated,
+and ships as a checked ONNX file only when accepted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from models.classifier import ArrayDataModule, DistillationModule
+from models.networks import count_macs_and_params, load_model_file
+from tasks.compress import compress, finetune, judge
+from tasks.config import validate_params
+from tasks.export import export
+from tests.conftest import TINY
+
+VARIANTS = {"pruned", "sparse", "student", "int8"}
+
+
+def variants(run: dict[str, Path]) -> dict:
+    return json.loads(run["compress_metrics"].read_text())["variants"]
+
+
+def test_every_variant_is_built_scored_and_accepted_under_generous_gates(tiny_run: dict[str, Path]) -> None:
+    found = variants(tiny_run)
+    assert set(found) == VARIANTS
+    for name, v in found.items():
+        assert v["accepted"] and v["reason"] == "within thresholds", name
+        assert 0 <= v["accuracy"] <= 1 and v["bytes"] > 0 and v["macs"] > 0
+    for name in ("pruned", "sparse", "student"):
+        assert (tiny_run["compressed"] / f"{name}.pt").exists()
+    assert (tiny_run["compressed"] / "int8.onnx").exists()
+
+
+def test_structured_pruning_really_removes_channels(tiny_run: dict[str, Path]) -> None:
+    fp32, _ = load_model_file(tiny_run["model"])
+    pruned, info = load_model_file(tiny_run["compressed"] / "pruned.pt")  # weights_only load, shapes rebuilt
+    fp32_macs, fp32_params = count_macs_and_params(fp32, info["image_shape"])
+    macs, params = count_macs_and_params(pruned, info["image_shape"])
+    assert macs <= 0.5 * fp32_macs and params < fp32_params
+    convs = lambda net: [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]  # noqa: E731
+    assert sum(convs(pruned)) < sum(convs(fp32))
+    assert pruned(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    assert variants(tiny_run)["pruned"]["macs_vs_fp32"] <= 0.5
+
+
+def test_sparse_model_has_the_zeros_it_reports(tiny_run: dict[str, Path]) -> None:
+    sparse, _ = load_model_file(tiny_run["compressed"] / "sparse.pt")
+    weights = [m.weight for m in sparse.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(variants(tiny_run)["sparse"]["sparsity"], abs=1e-6)
+    assert zeros >= 0.5 - 1e-3  # the configured sparsity survived fine-tuning
+
+
+def test_student_is_narrower_and_distillation_leaves_the_teacher_alone(tiny_run: dict[str, Path]) -> None:
+    student, _ = load_model_file(tiny_run["compressed"] / "student.pt")
+    teacher, _ = load_model_file(tiny_run["model"])
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    spec = torch.load(tiny_run["model"], weights_only=True)["spec"]
+    module = DistillationModule({**spec, "width": 4}, teacher, lr=0.01, weight_decay=0.0, temperature=4.0, alpha=0.7)
+    data = ArrayDataModule(tiny_run["augmented"] / "train.npz", tiny_run["prepared"] / "val.npz", 256, 0)
+    finetune(module.net, spec, data, epochs=1, lr=0.01, weight_decay=0.0, module=module)
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running stats unchanged
+
+
+def test_int8_file_is_quantized_and_smaller(tiny_run: dict[str, Path]) -> None:
+    v = variants(tiny_run)["int8"]
+    assert v["bytes"] < v["fp32_onnx_bytes"]
+    ops = {node.op_type for node in onnx.load(str(tiny_run["compressed"] / "int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert 0 < v["top1_agreement_with_fp32"] <= 1
+
+
+def test_export_ships_each_accepted_variant_checked_and_benchmarked(tiny_run: dict[str, Path]) -> None:
+    files = json.loads(tiny_run["export_metrics"].read_text())["files"]
+    assert set(files) == {"fp32"} | VARIANTS
+    for name in ("pruned", "sparse", "student"):
+        assert max(files[name]["max_abs_logit_diff"].values()) <= TINY_ATOL
+        model = onnx.load(str(tiny_run["export"] / f"model_{name}.onnx"))
+        assert {p.key: p.value for p in model.metadata_props}["variant"] == name
+    assert files["int8"]["test_top1_agreement_with_fp32"] >= 0.5
+    bench = json.loads(tiny_run["benchmark"].read_text())
+    assert set(bench["variants"]) == {"pytorch_eager", "onnx_fp32"} | {f"onnx_{n}" for n in VARIANTS}
+    for figures in bench["variants"].values():
+        assert 0 < figures["batch1_p50_ms"] <= figures["batch1_p95_ms"] and figures["batch8_images_per_s"] > 0
+    assert bench["deployable_default"].startswith("onnx_") and "flags" in bench["machine"]
+    card = (tiny_run["export"] / "model_card.md").read_text()
+    assert "Deployable default" in card and "## Lineage" in card and "onnx_int8" in card
+
+
+TINY_ATOL = validate_params(TINY).export.atol
+
+
+def test_absurd_pruning_is_rejected_and_not_exported(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    params = validate_params({**TINY, "compress": {"prune": {"target_macs": 0.02, "finetune_epochs": 0},
+                                                   "sparse": {"enabled": False}, "int8": {"enabled": False},
+                                                   "distill": {"enabled": False}}})
+    metrics = compress(params, tiny_run["prepared"], tiny_run["augmented"], tiny_run["model"], tmp_path / "compress",
+                       tmp_path / "compress.json")
+    pruned = metrics["variants"]["pruned"]
+    assert not pruned["accepted"] and "compress.max_accuracy_drop" in pruned["reason"] and pruned["file"] is None
+    assert not (tmp_path / "compress/pruned.pt").exists()
+    export(params, tiny_run["prepared"], tiny_run["model"], tmp_path / "compress", tmp_path / "compress.json",
+           tiny_run["metrics"], tmp_path / "export", tmp_path / "export.json", tmp_path / "benchmark.json")
+    assert sorted(p.name for p in (tmp_path / "export").glob("*.onnx")) == ["model.onnx"]
+    assert "pruned" in json.loads((tmp_path / "benchmark.json").read_text())["rejected"]
+    assert "pruned: accuracy drops" in (tmp_path / "export/model_card.md").read_text()
+
+
+def test_judge_applies_each_threshold() -> None:
+    cfg = validate_params({}).compress
+    fp32 = {"accuracy": 0.99, "f1_macro": 0.99}
+    ok = {"accuracy": 0.987, "f1_macro": 0.988}
+    judge(ok, fp32, cfg)
+    assert ok["accepted"]
+    worse = {"accuracy": 0.98, "f1_macro": 0.99}
+    judge(worse, fp32, cfg)
+    assert not worse["accepted"] and "accuracy drops 1.00 points" in worse["reason"]
+    short_of_target = {"accuracy": 0.99, "f1_macro": 0.99, "macs_vs_fp32": 0.6, "macs_target": 0.5}
+    judge(short_of_target, fp32, cfg)
+    assert not short_of_target["accepted"] and "prune.target_macs" in short_of_target["reason"]
+    disagreeing = {"accuracy": 0.99, "f1_macro": 0.99, "top1_agreement_with_fp32": 0.95}
+    judge(disagreeing, fp32, cfg)
+    assert not disagreeing["accepted"] and "min_top1_agreement" in disagreeing["reason"]
