@@ -6,7 +6,7 @@ run the flow (`python -m flows.pipeline`, reporting to that server). Both theref
 Prints each pair, the medians, the ratio Prefect / DVC, and the overhead per stage task.
 
     python -m benchmarks.prefect_overhead --runs 3 --settings tiny
-    python -m benchmarks.prefect_overhead --runs 2 --settings default
+    python -m benchmarks.prefect_overhead --runs 2 --settings default --warmup 0
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def timed(cmd: list[str], repo: Path, env: dict[str, str]) -> float:
 
 def main(runs: Annotated[int, typer.Option(help="Counted pairs.")] = 3,
          settings: Annotated[str, typer.Option(help="'tiny' (test settings) or 'default' (params.yaml).")] = "tiny",
-         port: Annotated[int, typer.Option(help="Loopback port for the benchmark's Prefect server.")] = 4297) -> None:
+         port: Annotated[int, typer.Option(help="Loopback port for the benchmark's Prefect server.")] = 4297,
+         warmup: Annotated[int, typer.Option(help="Uncounted pairs first.")] = 1) -> None:
     """Wall time of the whole DAG via Prefect vs via dvc repro, alternating."""
     if settings not in ("tiny", "default"):
         raise typer.BadParameter("settings must be 'tiny' or 'default'")
@@ -72,7 +73,8 @@ def main(runs: Annotated[int, typer.Option(help="Counted pairs.")] = 3,
                 except OSError:
                     time.sleep(0.5)
             dvc_cmd, flow_cmd = ["dvc", "repro"], ["python", "-m", "flows.pipeline"]
-            timed(dvc_cmd, repo, env), timed(flow_cmd, repo, env)  # warm-up pair
+            for _ in range(warmup):
+                timed(dvc_cmd, repo, env), timed(flow_cmd, repo, env)
             pairs = [(timed(flow_cmd, repo, env), timed(dvc_cmd, repo, env)) for _ in range(runs)]
         finally:
             server.terminate()
@@ -82,7 +84,7 @@ def main(runs: Annotated[int, typer.Option(help="Counted pairs.")] = 3,
     flows_s, dvc_s = [p[0] for p in pairs], [p[1] for p in pairs]
     ratios = [a / b for a, b in pairs]
     print(f"hardware: {hardware()}")
-    print(f"pipeline: {n_stages} stages, {settings} settings, every stage run each time; n = {runs} pairs after 1 warm-up pair")
+    print(f"pipeline: {n_stages} stages, {settings} settings, every stage run each time; n = {runs} pairs after {warmup} warm-up pair(s)")
     print("run  prefect s  dvc repro s  ratio")
     for i, (a, b) in enumerate(pairs):
         print(f"{i:>3}  {a:>9.2f}  {b:>11.2f}  {a / b:>5.3f}")

@@ -57,12 +57,14 @@ def onnx_runner(path: Path) -> Runner:
 
 
 def measure(runners: dict[str, Runner], images: np.ndarray, calls: int, batch: int, batch_calls: int,
-            block: int = 100, warmup: int = 50, seed: int = 0) -> dict[str, dict[str, float]]:
+            block: int = 100, warmup: int = 50, pause_s: float = 0.05, seed: int = 0) -> dict[str, dict[str, float]]:
     """Latency at batch 1 and throughput at `batch`, interleaved across runners in blocks.
 
     Each round runs every runner for `block` consecutive calls (shuffled order per round), each call
     timed on its own. Blocks rather than single calls: a server runs one model back to back, and
     alternating call by call would mostly measure thread pools waking up after another model's turn.
+    A short pause before each block lets the previous runner's worker threads (ONNX Runtime's spin
+    after each call) go idle, so no runner is timed while another one's threads hold the cores.
     """
     rng = random.Random(seed)
     names = list(runners)
@@ -70,6 +72,7 @@ def measure(runners: dict[str, Runner], images: np.ndarray, calls: int, batch: i
     big = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
 
     def timed_block(fn: Runner, inputs: list[np.ndarray], count: int, out: list[float], scale: float) -> None:
+        time.sleep(pause_s)
         for i in range(warmup if not out else 0):  # first block of each runner: warm-up, untimed
             fn(inputs[i % len(inputs)])
         for i in range(count):
@@ -92,4 +95,4 @@ def measure(runners: dict[str, Runner], images: np.ndarray, calls: int, batch: i
     return {n: {"batch1_p50_ms": float(np.percentile(latency[n], 50)),
                 "batch1_p95_ms": float(np.percentile(latency[n], 95)),
                 f"batch{batch}_images_per_s": float(batch / np.median(batched[n])),
-                "calls": calls, "batch_calls": batch_calls, "block": block} for n in runners}
+                "calls": calls, "batch_calls": batch_calls, "block": block, "pause_s": pause_s} for n in runners}
