@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands in dvc.yaml say `python -m tasks.<stage>`: make them find the venv's python.
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup pipeline test test-fast bench clean prefect-server prefect-deploy prefect-worker prefect-run
+.PHONY: help setup pipeline test test-fast lint bench clean prefect-server prefect-deploy prefect-worker prefect-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,9 +30,13 @@ test: $(STAMP)  ## the full test suite (unit, data, model, real DVC pipeline)
 test-fast: $(STAMP)  ## the suite without the slow pipeline tests
 	$(RUN) $(BIN)/pytest -m "not slow"
 
-bench: $(STAMP)  ## accuracy over seeds vs the baseline; Lightning vs a plain PyTorch loop
-	$(RUN) $(BIN)/python benchmarks/accuracy_seeds.py
-	$(RUN) $(BIN)/python benchmarks/lightning_overhead.py
+lint: $(STAMP)  ## ruff: undefined and unused names
+	$(BIN)/ruff check tasks models flows tests benchmarks
+
+bench: $(STAMP)  ## accuracy over seeds vs the baseline; Lightning vs a plain loop; Prefect vs dvc repro
+	$(RUN) $(BIN)/python -m benchmarks.accuracy_seeds --seeds 3
+	$(RUN) $(BIN)/python -m benchmarks.lightning_overhead --runs 5
+	$(RUN) $(BIN)/python -m benchmarks.prefect_overhead --runs 3 --settings tiny
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data artifacts metrics plots

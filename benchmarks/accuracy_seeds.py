@@ -4,7 +4,7 @@ Each seed re-splits the data (ingest.seed), re-augments (augment.seed) and re-tr
 with everything else from params.yaml, then scores the network and the baseline on that seed's test
 split. Prints mean +- sd (n = seeds) for both and the per-seed figures.
 
-    python benchmarks/accuracy_seeds.py --seeds 3
+    python -m benchmarks.accuracy_seeds --seeds 3
 """
 
 from __future__ import annotations

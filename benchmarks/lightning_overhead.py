@@ -6,7 +6,7 @@ figure is the whole `Trainer.fit` call for one epoch (set-up included; validatio
 off); the plain loop does the same steps by hand (forward, loss, backward, AdamW, one-cycle step,
 running accuracy).
 
-    python benchmarks/lightning_overhead.py --runs 5
+    python -m benchmarks.lightning_overhead --runs 5
 """
 
 from __future__ import annotations

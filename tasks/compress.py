@@ -38,9 +38,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from models.classifier import ArrayDataModule, DistillationModule, ImageClassifier, load_split, to_model_input
-from models.networks import build_network, count_macs_and_params, load_model_file, save_model_file
+from models.networks import count_macs_and_params, load_model_file, save_model_file
 from tasks.artifacts import atomic_dir, write_json
 from tasks.config import CompressConfig, Int8Config, Params, load_params
+from tasks.evaluate import predict
 from tasks.export import to_onnx
 from tasks.logs import stage_entry
 
@@ -58,12 +59,6 @@ METRICS = Path("metrics/compress.json")
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def torch_predictions(net: nn.Module, images: torch.Tensor) -> np.ndarray:
-    net.eval()
-    return torch.cat([net(to_model_input(images[i:i + 512])).argmax(1) for i in range(0, len(images), 512)]).numpy()
-
 
 def onnx_predictions(path: Path, images: torch.Tensor) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -199,7 +194,7 @@ def compress(params: Params, prepared: Path = PREPARED, augmented: Path = AUGMEN
 
     def describe(net: nn.Module, path: Path) -> dict[str, Any]:
         macs, n_params = count_macs_and_params(net, info["image_shape"])
-        return {**scores(y_true, torch_predictions(net, x_test)), "macs": macs, "params": n_params,
+        return {**scores(y_true, predict(net.eval(), x_test)), "macs": macs, "params": n_params,
                 "file": str(out_dir / path.name), "bytes": path.stat().st_size}
 
     variants: dict[str, dict[str, Any]] = {}
@@ -208,7 +203,7 @@ def compress(params: Params, prepared: Path = PREPARED, augmented: Path = AUGMEN
         save_model_file(reference, teacher, spec, info)
         fp32 = describe(teacher, reference)
         fp32["file"] = str(model_file)
-        fp32_preds = torch_predictions(teacher, x_test)
+        fp32_preds = predict(teacher, x_test)
 
         if cfg.prune.enabled:
             log.info("compress: structured pruning to <= %.0f%% of the MACs", 100 * cfg.prune.target_macs)
