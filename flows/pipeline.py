@@ -87,10 +87,14 @@ def _retry_if_transient(task: Any, task_run: TaskRun, state: State) -> bool:
 
 
 @task(task_run_name="{stage}", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_if_transient)
-def reproduce_stage(project: Path, stage: str, remote_source: bool) -> dict[str, Any]:
-    """`dvc repro --single-item <stage>`: DVC skips it if nothing changed, else runs it and locks it."""
+def reproduce_stage(project: Path, stage: str, remote_source: bool, force: bool = False) -> dict[str, Any]:
+    """`dvc repro --single-item <stage>`: DVC skips it if nothing changed, else runs it and locks it.
+
+    `force` runs it even if DVC sees no change (for inputs DVC cannot see, like an image folder).
+    """
     start = time.perf_counter()
-    rc, lines = run_dvc(project, "repro", "--single-item", stage, log_prefix=f"[{stage}] ")
+    args = ["repro", "--single-item", stage] + (["--force"] if force else [])
+    rc, lines = run_dvc(project, *args, log_prefix=f"[{stage}] ")
     if rc != 0:
         # DVC exits 255 whatever the stage did; the stage's own exit code is in its message.
         codes = [int(m.group(1)) for line in lines if (m := re.search(r"exited with (-?\d+)", line))]

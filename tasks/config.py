@@ -29,6 +29,7 @@ class _Section(BaseModel):
 
 class IngestConfig(_Section):
     source: str = "digits"
+    extra_sources: list[str] = ["data/feedback"]
     image_size: Annotated[int, Field(ge=8, le=512)] = 16
     channels: Literal[1, 3] = 1
     val_fraction: Fraction = 0.15
@@ -132,6 +133,12 @@ class ExportConfig(_Section):
     benchmark_batch_calls: Annotated[int, Field(ge=5, le=100_000)] = 300
 
 
+class RetrainConfig(_Section):
+    registry_dir: str = "registry"
+    min_f1_gain: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
+    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 2.0
+
+
 class Params(_Section):
     ingest: IngestConfig = IngestConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -139,6 +146,7 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
     export: ExportConfig = ExportConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     def section_hash(self, *sections: str) -> str:
         """Short content hash of the named sections (all of them if none): lineage of an artifact."""

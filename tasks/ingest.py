@@ -117,12 +117,14 @@ def load_digits_source(cfg: IngestConfig) -> Dataset:
     return Dataset(images, digits.target.astype(np.int64), classes, [f"digits:{i}" for i in range(len(raw))])
 
 
-def load_image_folder(cfg: IngestConfig, quarantine_dir: Path | None) -> tuple[Dataset, list[Rejected]]:
+def load_image_folder(cfg: IngestConfig, quarantine_dir: Path | None, source: str | None = None,
+                      min_classes: int = 2) -> tuple[Dataset, list[Rejected]]:
     """Read `<root>/<class>/**/<image>` from any fsspec URL; quarantine what cannot be used."""
-    fs, root = fsspec.core.url_to_fs(cfg.source)
+    source = source or cfg.source
+    fs, root = fsspec.core.url_to_fs(source)
     if not fs.isdir(root):
         raise DataError(
-            f"ingest.source = {cfg.source!r}: not a directory. Point it at a folder with one "
+            f"ingest.source = {source!r}: not a directory. Point it at a folder with one "
             "subfolder per class, or set it to 'digits'."
         )
     entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
@@ -132,8 +134,8 @@ def load_image_folder(cfg: IngestConfig, quarantine_dir: Path | None) -> tuple[D
         for e in entries if e["type"] != "directory"
     ]
     classes = [d.rstrip("/").rsplit("/", 1)[-1] for d in class_dirs]
-    if len(classes) < 2:
-        raise DataError(f"{cfg.source}: found {len(classes)} class folder(s); need at least 2.")
+    if len(classes) < min_classes:
+        raise DataError(f"{source}: found {len(classes)} class folder(s); need at least {min_classes}.")
 
     files = [(path, label) for label, d in enumerate(class_dirs) for path in sorted(fs.find(d))]
     images, labels, sources = [], [], []
@@ -162,6 +164,15 @@ def load_image_folder(cfg: IngestConfig, quarantine_dir: Path | None) -> tuple[D
 # ---------------------------------------------------------------------------------------------
 # Cleaning and splitting
 # ---------------------------------------------------------------------------------------------
+
+def merge_datasets(first: Dataset, more: Dataset) -> Dataset:
+    """Append `more`, matching classes by name; classes only `more` has are added at the end."""
+    classes = first.classes + [c for c in more.classes if c not in first.classes]
+    remap = np.asarray([classes.index(c) for c in more.classes], np.int64)
+    labels = remap[more.labels] if len(more.labels) else more.labels
+    return Dataset(np.concatenate([first.images, more.images]), np.concatenate([first.labels, labels]),
+                   classes, first.sources + more.sources)
+
 
 def image_digests(images: np.ndarray) -> list[str]:
     return [hashlib.sha256(img.tobytes()).hexdigest() for img in images]
@@ -233,6 +244,14 @@ def ingest(cfg: IngestConfig, out_dir: Path = OUT_DIR) -> dict:
             ds, rejected = load_digits_source(cfg), []
         else:
             ds, rejected = load_image_folder(cfg, quarantine)
+        for extra in cfg.extra_sources:
+            fs, root = fsspec.core.url_to_fs(extra)
+            if not fs.isdir(root) or not fs.find(root):
+                log.info("ingest: extra source %s is empty or absent; nothing added", extra)
+                continue
+            more, more_rejected = load_image_folder(cfg, quarantine, extra, min_classes=1)
+            log.info("ingest: %d image(s) added from %s", len(more.labels), extra)
+            ds, rejected = merge_datasets(ds, more), rejected + more_rejected
         ds, duplicates = drop_duplicates(ds)
         rejected += duplicates
         check_class_sizes(ds.labels, ds.classes, cfg.min_images_per_class)

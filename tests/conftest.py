@@ -20,7 +20,7 @@ from tasks.config import Params, validate_params
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
-    "ingest": {"image_size": 8},
+    "ingest": {"image_size": 8, "extra_sources": []},
     "augment": {"copies": 1, "preview_images": 2},
     "train": {"width": 8, "epochs": 2, "batch_size": 256, "lr": 0.01, "accelerator": "cpu"},
     "evaluate": {"baseline": "logistic", "baseline_c": 1.0},

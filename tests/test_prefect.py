@@ -11,10 +11,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from tests.sandbox import commit, make_project, project_env, sh
+from tests.sandbox import commit, make_project, project_env, sh, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +74,8 @@ def deployed(tmp_path: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path
     worker.wait(timeout=30)
 
 
-def start_run(repo: Path, env: dict[str, str], *extra: str) -> str:
-    out = sh(repo, "prefect", "deployment", "run", RUN, *extra, env=env).stdout
+def start_run(repo: Path, env: dict[str, str], *extra: str, deployment: str = RUN) -> str:
+    out = sh(repo, "prefect", "deployment", "run", deployment, *extra, env=env).stdout
     return re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
 
 
@@ -152,6 +153,66 @@ def test_two_runs_at_once_both_end_well_and_the_workspace_is_intact(deployed: tu
 
 def test_scheduled_deployment_has_its_cron(deployed: tuple[Path, dict[str, str]]) -> None:
     repo, env = deployed
-    out = sh(repo, "prefect", "deployment", "inspect", "training-pipeline/scheduled-retrain", env=env).stdout
+    out = sh(repo, "prefect", "deployment", "inspect", "scheduled-retrain/scheduled-retrain", env=env).stdout
     cron = yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"][1]["schedules"][0]["cron"]
     assert f"'cron': '{cron}'" in out and "'collision_strategy': 'ENQUEUE'" in out
+
+
+RETRAIN = "scheduled-retrain/scheduled-retrain"
+
+
+def add_feedback(repo: Path, per_class: int, angle: float) -> None:
+    """Labelled corrections in the inbox: digits rotated by `angle` (new pixels, so new data)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for cls in range(10):
+        folder = repo / "data/feedback" / str(cls)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in np.flatnonzero(digits.target == cls)[:per_class]:
+            img = Image.fromarray(np.rint(digits.images[i] * 255 / 16).astype(np.uint8), "L")
+            img.rotate(angle, resample=Image.Resampling.BILINEAR).save(folder / f"{i}_{angle:g}.png")
+
+
+def registry_state(repo: Path) -> tuple[list[str], str | None]:
+    from tasks.registry import champion, versions
+    reg = repo / "registry"
+    return versions(reg), (champion(reg) or {}).get("version")
+
+
+def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, dict[str, str]]) -> None:
+    repo, env = deployed
+    write_params(repo, {"ingest": {"extra_sources": ["data/feedback"]}})
+    commit(repo, "feedback inbox on")
+
+    first = start_run(repo, env, deployment=RETRAIN)
+    assert wait_for(repo, env, first) == "COMPLETED", logs(repo, env, first)
+    assert registry_state(repo) == (["v0001"], "v0001")  # no champion yet: the first model becomes it
+
+    again = start_run(repo, env, deployment=RETRAIN)
+    assert wait_for(repo, env, again) == "COMPLETED", logs(repo, env, again)
+    text = logs(repo, env, again)
+    assert "No new data" in text and "Running stage 'train'" not in text
+    assert registry_state(repo) == (["v0001"], "v0001")
+
+    add_feedback(repo, per_class=8, angle=10)
+    new_data = start_run(repo, env, deployment=RETRAIN)
+    assert wait_for(repo, env, new_data) == "COMPLETED", logs(repo, env, new_data)
+    versions_, current = registry_state(repo)
+    assert versions_ == ["v0001", "v0002"]
+    from tasks.registry import manifest
+    m2 = manifest(repo / "registry", "v0002")
+    assert m2["parent"] == "v0001" and m2["lineage"]["dataset_hash"] != manifest(repo / "registry", "v0001")["lineage"]["dataset_hash"]
+    assert {"params_hash", "git_commit", "decision", "metrics"} <= set(m2["lineage"])
+    assert current == ("v0002" if m2["lineage"]["decision"]["promote"] else "v0001")
+
+    champion_before = current
+    onnx_before = (repo / "registry/versions" / champion_before / "model.onnx").read_bytes()
+    add_feedback(repo, per_class=8, angle=-10)
+    worse = start_run(repo, env, "--param", 'overrides={"train.lr": 1e-06, "train.epochs": 1}', deployment=RETRAIN)
+    assert wait_for(repo, env, worse) == "COMPLETED", logs(repo, env, worse)
+    versions_, current = registry_state(repo)
+    assert versions_ == ["v0001", "v0002", "v0003"] and current == champion_before
+    assert (repo / "registry/versions" / current / "model.onnx").read_bytes() == onnx_before
+    assert "NOT PROMOTED v0003" in logs(repo, env, worse) and "retrain.min_f1_gain" in logs(repo, env, worse)

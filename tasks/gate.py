@@ -1,0 +1,66 @@
+"""Champion vs challenger: both ONNX models scored on the same test split; promote only if better.
+
+The challenger must gain at least `retrain.min_f1_gain` points of macro F1 and no class may lose
+more than `retrain.max_class_recall_drop` points of recall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from sklearn.metrics import f1_score, recall_score
+
+from models.classifier import load_split, to_model_input
+from tasks.config import RetrainConfig
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    challenger_f1: float
+    champion_f1: float | None
+    recall_drops: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def onnx_top1(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + 512]})[0].argmax(1) for i in range(0, len(x), 512)])
+
+
+def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, classes: list[str],
+           cfg: RetrainConfig) -> Decision:
+    """Score both models on `test_split`; the verdict and its reason in words."""
+    x, y = load_split(test_split)
+    x, y_true = to_model_input(x).numpy(), y.numpy()
+    labels = list(range(len(classes)))
+    new = onnx_top1(challenger_onnx, x)
+    new_f1 = float(f1_score(y_true, new, labels=labels, average="macro", zero_division=0))
+    if champion_onnx is None:
+        return Decision(True, "no champion yet: the first model becomes champion", new_f1, None, {})
+    old = onnx_top1(champion_onnx, x)
+    old_f1 = float(f1_score(y_true, old, labels=labels, average="macro", zero_division=0))
+    new_recall = recall_score(y_true, new, labels=labels, average=None, zero_division=0)
+    old_recall = recall_score(y_true, old, labels=labels, average=None, zero_division=0)
+    drops = {c: round(100 * float(o - n), 4) for c, o, n in zip(classes, old_recall, new_recall) if o > n}
+    gain = 100 * (new_f1 - old_f1)
+    reasons = []
+    if gain < cfg.min_f1_gain:
+        reasons.append(f"macro F1 {100 * new_f1:.2f} vs champion {100 * old_f1:.2f}: gain {gain:+.2f} points "
+                       f"< retrain.min_f1_gain = {cfg.min_f1_gain}")
+    worst = max(drops.items(), key=lambda kv: kv[1], default=None)
+    if worst and worst[1] > cfg.max_class_recall_drop:
+        reasons.append(f"class '{worst[0]}' recall drops {worst[1]:.2f} points > retrain.max_class_recall_drop = "
+                       f"{cfg.max_class_recall_drop}")
+    if reasons:
+        return Decision(False, "; ".join(reasons), new_f1, old_f1, drops)
+    return Decision(True, f"macro F1 {100 * new_f1:.2f} vs champion {100 * old_f1:.2f} ({gain:+.2f} points), "
+                          "no class recall drop over the limit", new_f1, old_f1, drops)

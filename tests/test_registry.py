@@ -1,0 +1,111 @@
+"""Registry and gate: immutable versions, atomic champion pointer, rollback, champion/challenger."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.networks import build_network
+from tasks.config import validate_params
+from tasks.export import to_onnx
+from tasks.gate import decide
+from tasks.registry import RegistryError, champion, manifest, register, rollback, set_champion, sha256, verify
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_run: dict[str, Path]) -> Path:
+    """A workspace laid out as the pipeline leaves it, from the tiny run's outputs."""
+    root = tmp_path / "project"
+    shutil.copytree(tiny_run["export"], root / "artifacts/export")
+    (root / "artifacts/train").mkdir(parents=True)
+    shutil.copy2(tiny_run["model"], root / "artifacts/train/model.pt")
+    (root / "metrics").mkdir()
+    shutil.copy2(tiny_run["metrics"], root / "metrics/evaluate.json")
+    shutil.copy2(tiny_run["compress_metrics"], root / "metrics/compress.json")
+    (root / "data/prepared").mkdir(parents=True)
+    shutil.copy2(tiny_run["prepared"] / "meta.json", root / "data/prepared/meta.json")
+    return root
+
+
+def test_versions_are_immutable_copies_with_lineage(project: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "registry"
+    v1 = register(reg, project, {"dataset_hash": "abc"}, parent=None)
+    assert v1 == "v0001"
+    m = manifest(reg, v1)
+    assert m["lineage"] == {"dataset_hash": "abc"} and m["parent"] is None
+    onnx_file = reg / "versions" / v1 / "model.onnx"
+    assert m["files"]["model.onnx"] == sha256(project / "artifacts/export/model.onnx") == sha256(onnx_file)
+    assert {"model.pt", "evaluate.json", "compress.json", "data_meta.json", "model_card.md"} <= set(m["files"])
+    assert all(p.stat().st_mode & 0o222 == 0 for p in onnx_file.parent.iterdir())  # read-only files
+    assert register(reg, project, {}, parent=v1) == "v0002"
+
+
+def test_champion_pointer_promote_and_rollback(project: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "registry"
+    v1 = register(reg, project, {}, None)
+    set_champion(reg, v1, "first")
+    v1_onnx = (reg / "versions" / v1 / "model.onnx").read_bytes()
+    (project / "artifacts/export/model.onnx").write_bytes(b"a different model")
+    v2 = register(reg, project, {}, v1)
+    set_champion(reg, v2, "better")
+    assert champion(reg)["version"] == v2
+    pointer = rollback(reg)
+    assert pointer["version"] == v1 == champion(reg)["version"]
+    # the file the pointer names is byte-identical to the one recorded for that version
+    assert (reg / "versions" / v1 / "model.onnx").read_bytes() == v1_onnx
+    assert pointer["onnx_sha256"] == manifest(reg, v1)["files"]["model.onnx"]
+    assert rollback(reg, to=v2)["version"] == v2
+    history = [json.loads(line) for line in (reg / "history.jsonl").read_text().splitlines()]
+    assert [h["to"] for h in history] == [v1, v2, v1, v2]
+
+
+def test_tampered_version_cannot_become_champion(project: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "registry"
+    v1 = register(reg, project, {}, None)
+    target = reg / "versions" / v1 / "model.onnx"
+    target.chmod(0o644)
+    target.write_bytes(b"tampered")
+    with pytest.raises(RegistryError, match="does not match its recorded sha256"):
+        verify(reg, v1)
+    with pytest.raises(RegistryError):
+        set_champion(reg, v1, "should fail")
+    assert champion(reg) is None
+
+
+def test_cli_lists_and_explains_errors(project: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "registry"
+    set_champion(reg, register(reg, project, {"metrics": {"accuracy": 0.5, "f1_macro": 0.4}}, None), "first")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tasks.registry", *a, "--registry", str(reg)],  # noqa: E731
+                                    capture_output=True, text=True)
+    listed = run("list")
+    assert listed.returncode == 0 and "v0001" in listed.stdout and "0.5000" in listed.stdout
+    failed = run("rollback")
+    assert failed.returncode == 2 and "no earlier champion" in failed.stderr
+    missing = run("promote", "v0042")
+    assert missing.returncode == 2 and "no version 'v0042'" in missing.stderr
+
+
+def test_gate_promotes_only_a_better_challenger(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    cfg = validate_params({}).retrain
+    good = tiny_run["onnx"]
+    classes = [str(i) for i in range(10)]
+    test = tiny_run["prepared"] / "test.npz"
+    first = decide(good, None, test, classes, cfg)
+    assert first.promote and "no champion yet" in first.reason
+    torch.manual_seed(0)
+    untrained = build_network("small_cnn", 1, 10, 8, 0.0, [0.5], [0.25]).eval()
+    bad = tmp_path / "bad.onnx"
+    to_onnx(untrained, [8, 8, 1], bad, 18)
+    worse = decide(bad, good, test, classes, cfg)
+    assert not worse.promote and "retrain.min_f1_gain" in worse.reason and "recall drops" in worse.reason
+    assert worse.challenger_f1 < worse.champion_f1
+    same = decide(good, good, test, classes, cfg)
+    assert same.promote and same.recall_drops == {}  # a gain of 0 meets a margin of 0
+    strict = decide(good, good, test, classes, validate_params({"retrain": {"min_f1_gain": 0.5}}).retrain)
+    assert not strict.promote and "gain +0.00 points" in strict.reason
