@@ -30,7 +30,7 @@ from prefect.states import State
 from ruamel.yaml import YAML
 
 from flows.reports import metrics_snapshot, publish_run_report
-from tasks.config import ConfigError, apply_overrides, validate_params
+from tasks.config import ConfigError, apply_overrides, set_dotted, validate_params
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Stages whose failures can be passing I/O trouble (a remote source); every other failure is a
@@ -129,11 +129,7 @@ def write_overrides(params_file: Path, overrides: dict[str, Any]) -> None:
     rt.preserve_quotes = True
     data = rt.load(params_file.read_text())
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = data
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_dotted(data, dotted, value)
     tmp = params_file.with_suffix(".yaml.tmp")
     with tmp.open("w") as fh:
         rt.dump(data, fh)

@@ -190,15 +190,20 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     return validate_params(raw, str(path))
 
 
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `tree["a"]["b"] = value` for `dotted = "a.b"`, in place, creating missing sections."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: '{part}' is not a section.")
+    node[leaf] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of raw params with dotted-key overrides (`{"train.epochs": 5}`) applied."""
     merged = json.loads(json.dumps(raw))
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = merged
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {dotted}: '{part}' is not a section.")
-        node[leaf] = value
+        set_dotted(merged, dotted, value)
     return merged
