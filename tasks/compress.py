@@ -42,7 +42,7 @@ from models.networks import count_macs_and_params, load_model_file, save_model_f
 from tasks.artifacts import atomic_dir, write_json
 from tasks.config import CompressConfig, Int8Config, Params, load_params
 from tasks.evaluate import predict
-from tasks.export import to_onnx
+from tasks.export import onnx_predictions, to_onnx
 from tasks.logs import stage_entry
 
 log = logging.getLogger("tasks.compress")  # not __name__: that is __main__ under python -m
@@ -59,13 +59,6 @@ METRICS = Path("metrics/compress.json")
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
-
-def onnx_predictions(path: Path, images: torch.Tensor) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: to_model_input(images[i:i + 512]).numpy()})[0].argmax(1)
-                           for i in range(0, len(images), 512)])
-
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(y_true, y_pred)),

@@ -92,6 +92,13 @@ def onnx_logits(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT], {session.get_inputs()[0].name: x})[0]
 
 
+def onnx_predictions(path: Path, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Top-1 class indices of an ONNX model for uint8 NHWC images, in batches."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([onnx_logits(session, to_model_input(images[i:i + batch_size]).numpy()).argmax(1)
+                           for i in range(0, len(images), batch_size)])
+
+
 def check_parity(net: torch.nn.Module, session: ort.InferenceSession, images: torch.Tensor,
                  batch_sizes: list[int], atol: float, label: str = "model") -> dict[str, float]:
     """Max |logit difference| ONNX Runtime vs PyTorch per batch size; ParityError over `atol`."""

@@ -10,12 +10,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 from sklearn.metrics import f1_score, recall_score
 
-from models.classifier import load_split, to_model_input
+from models.classifier import load_split
 from tasks.config import RetrainConfig
+from tasks.export import onnx_predictions
 
 
 @dataclass(frozen=True)
@@ -30,23 +29,17 @@ class Decision:
         return asdict(self)
 
 
-def onnx_top1(path: Path, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + 512]})[0].argmax(1) for i in range(0, len(x), 512)])
-
-
 def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, classes: list[str],
            cfg: RetrainConfig) -> Decision:
     """Score both models on `test_split`; the verdict and its reason in words."""
     x, y = load_split(test_split)
-    x, y_true = to_model_input(x).numpy(), y.numpy()
+    y_true = y.numpy()
     labels = list(range(len(classes)))
-    new = onnx_top1(challenger_onnx, x)
+    new = onnx_predictions(challenger_onnx, x)
     new_f1 = float(f1_score(y_true, new, labels=labels, average="macro", zero_division=0))
     if champion_onnx is None:
         return Decision(True, "no champion yet: the first model becomes champion", new_f1, None, {})
-    old = onnx_top1(champion_onnx, x)
+    old = onnx_predictions(champion_onnx, x)
     old_f1 = float(f1_score(y_true, old, labels=labels, average="macro", zero_division=0))
     new_recall = recall_score(y_true, new, labels=labels, average=None, zero_division=0)
     old_recall = recall_score(y_true, old, labels=labels, average=None, zero_division=0)
