@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,23 @@ def write_overrides(params_file: Path, overrides: dict[str, Any]) -> None:
     tmp.replace(params_file)
 
 
+@contextmanager
+def workspace_lock(project: Path, timeout_s: float) -> Iterator[None]:
+    """One run at a time per workspace, across processes; re-entrant within one (a flow that calls
+    the pipeline flow holds it throughout)."""
+    path = project / ".dvc" / "tmp" / "lab2prod-pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), thread_local=False, is_singleton=True)
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise RuntimeError(f"another pipeline run held {project} for {timeout_s:.0f} s; not started") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def has_remote(project: Path) -> bool:
     proc = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=project, env=dvc_env(),
                           capture_output=True, text=True)
@@ -163,14 +182,7 @@ def training_pipeline(overrides: dict[str, Any] | None = None, experiment_name: 
     raw = yaml.safe_load(params_file.read_text())
     params = validate_params(apply_overrides(raw, overrides), f"{params_file} with overrides {overrides}")
 
-    lock_path = project / ".dvc" / "tmp" / "lab2prod-pipeline.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = FileLock(str(lock_path), timeout=lock_timeout_s)
-        lock.acquire()
-    except Timeout:
-        raise RuntimeError(f"another pipeline run held {project} for {lock_timeout_s:.0f} s; not started") from None
-    try:
+    with workspace_lock(project, lock_timeout_s):
         before = metrics_snapshot(project)
         original_params = params_file.read_bytes()
         if overrides:
@@ -191,8 +203,6 @@ def training_pipeline(overrides: dict[str, Any] | None = None, experiment_name: 
         if push and has_remote(project):
             push_to_remote(project)
         publish_run_report(project, before, results, overrides, experiment)
-    finally:
-        lock.release()
     return {"stages": results, "experiment": experiment}
 
 

@@ -16,18 +16,87 @@ becomes champion: the pointer is switched in one rename, at the very end, after 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.transactions import Transaction, get_transaction, transaction
 
-from flows.pipeline import PROJECT_DIR, reproduce_stage, training_pipeline
+from flows.pipeline import PROJECT_DIR, has_remote, reproduce_stage, run_dvc, training_pipeline, workspace_lock
 from tasks.artifacts import git_commit, read_json
 from tasks.config import ConfigError, load_params
-from tasks.gate import decide
-from tasks.registry import champion, manifest, register, set_champion, versions
+from tasks.gate import decide, export_problem
+from tasks.registry import champion, champion_model, deployable_name, manifest, register, set_champion, versions
+
+SNAPSHOT = Path(".dvc/tmp/lab2prod-snapshot")
+
+
+def unrecoverable_by_dvc(project: Path) -> list[str]:
+    """What `dvc checkout` cannot bring back: dvc.lock, params.yaml and the outputs DVC does not cache
+    (metrics, plots, checkpoints: they live in git or nowhere)."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        uncached = {Path(out.fs_path).relative_to(project).as_posix() for out in repo.index.outs if not out.use_cache}
+    return ["dvc.lock", "params.yaml", *sorted(uncached)]
+
+
+@task
+def snapshot_workspace(project: Path) -> list[str]:
+    """Keep a copy of what the run may change and DVC's cache does not hold; the rollback hook puts it back."""
+    snap = project / SNAPSHOT
+    shutil.rmtree(snap, ignore_errors=True)
+    snap.mkdir(parents=True)
+    paths = unrecoverable_by_dvc(project)
+    for rel in paths:
+        src, dst = project / rel, snap / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        elif src.exists():
+            shutil.copy2(src, dst)
+    (snap / "paths.json").write_text(json.dumps(paths))
+    get_transaction().set("project", str(project))
+    return paths
+
+
+@snapshot_workspace.on_rollback
+def restore_workspace(txn: Transaction) -> None:
+    """Put the workspace back as the snapshot found it: the copied files, then `dvc checkout` for the
+    cached outputs dvc.lock names (`dvc pull` for any the local cache lacks)."""
+    logger = get_run_logger()
+    project = Path(txn.get("project"))
+    snap = project / SNAPSHOT
+    for rel in json.loads((snap / "paths.json").read_text()):
+        target, saved = project / rel, snap / rel
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        if saved.exists():
+            saved.replace(target)
+    rc, lines = run_dvc(project, "checkout", "--force", log_prefix="[restore] ")
+    if rc != 0 and has_remote(project):
+        rc, lines = run_dvc(project, "pull", "--force", log_prefix="[restore] ")
+    if rc != 0:
+        raise RuntimeError("the workspace's files are back, but DVC could not check out every output dvc.lock "
+                           "names (see the lines above); run `dvc pull` or `dvc repro`")
+    shutil.rmtree(snap, ignore_errors=True)
+    logger.info("workspace restored to its state before this run (dvc.lock, params.yaml, outputs)")
+
+
+@snapshot_workspace.on_commit
+def drop_snapshot(txn: Transaction) -> None:
+    shutil.rmtree(Path(txn.get("project")) / SNAPSHOT, ignore_errors=True)
+
+
+def _put_back(txn: Transaction) -> None:
+    """Roll the transaction back; Prefect logs a failing hook and goes on, so fail the run here."""
+    if not txn.rollback():
+        raise RuntimeError("the workspace could not be restored to its state before this run: see the log")
 
 
 @task
@@ -37,9 +106,10 @@ def gate_and_register(project: Path, registry: Path, overrides: dict[str, Any]) 
     params = load_params(project / "params.yaml")
     meta = read_json(project / "data/prepared/meta.json")
     current = champion(registry)
-    champion_onnx = registry / "versions" / current["version"] / "model.onnx" if current else None
-    decision = decide(project / "artifacts/export/model.onnx", champion_onnx, project / "data/prepared/test.npz",
-                      meta["classes"], params.retrain)
+    served = deployable_name(project / "metrics/benchmark.json")
+    decision = decide(project / "artifacts/export" / served, champion_model(registry),
+                      project / "data/prepared/test.npz", meta["classes"], params.retrain,
+                      checks_failed=export_problem(project / "metrics/export.json", served))
     evaluate = read_json(project / "metrics/evaluate.json")
     lineage = {"dataset_hash": meta["dataset_hash"], "params_hash": params.section_hash(),
                "git_commit": git_commit(), "overrides": overrides, "decision": decision.as_dict(),
@@ -50,59 +120,73 @@ def gate_and_register(project: Path, registry: Path, overrides: dict[str, Any]) 
         logger.info("PROMOTED %s: %s", version, decision.reason)
     else:
         logger.warning("NOT PROMOTED %s, champion stays %s: %s", version, current["version"], decision.reason)
-    return {"version": version, "promoted": decision.promote, "reason": decision.reason,
+    return {"version": version, "promoted": decision.promote, "reason": decision.reason, "served": served,
             "champion": champion(registry)["version"], "challenger_f1": decision.challenger_f1,
             "champion_f1": decision.champion_f1}
 
 
 def _report_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """Failure hook: say plainly that nothing was promoted."""
-    create_markdown_artifact(key="lab2prod-retrain-decision",
-                             markdown=f"## Retraining failed\n\n{state.message}\n\nThe champion is unchanged.",
-                             description="Retraining decision")
+    """Failure and crash hook: say plainly that nothing was promoted, and what became of the workspace."""
+    workspace = ("The workspace was put back as the run found it." if state.is_failed() else
+                 "The run was stopped before it could restore the workspace; the next run starts from it "
+                 "(and resumes training from its last checkpoint).")
+    markdown = f"## Retraining failed\n\n{state.message}\n\nThe champion is unchanged. {workspace}"
+    create_markdown_artifact(key="lab2prod-retrain-decision", markdown=markdown, description="Retraining decision")
+
+
+def _decision_report(result: dict[str, Any]) -> str:
+    verdict = "PROMOTED" if result["promoted"] else "NOT PROMOTED"
+    old_f1 = "–" if result["champion_f1"] is None else f"{100 * result['champion_f1']:.2f} %"
+    return "\n".join([
+        f"## {verdict}: {result['version']}", "", result["reason"], "",
+        f"| | macro F1 on the new test split ({result['served']} of the challenger) |", "|---|---|",
+        f"| challenger {result['version']} | {100 * result['challenger_f1']:.2f} % |",
+        f"| champion before this run | {old_f1} |", "",
+        f"Champion now: **{result['champion']}**. Roll back with `python -m tasks.registry rollback`.",
+    ])
 
 
 @flow(name="scheduled-retrain", on_failure=[_report_failure], on_crashed=[_report_failure])
-def scheduled_retrain(overrides: dict[str, Any] | None = None, project_dir: str | None = None) -> dict[str, Any]:
+def scheduled_retrain(overrides: dict[str, Any] | None = None, project_dir: str | None = None,
+                      lock_timeout_s: float = 6 * 3600) -> dict[str, Any]:
     """Retrain on new data; promote the challenger only if it beats the champion.
+
+    Unless a new champion is promoted, the run leaves the workspace as it found it (a Prefect
+    transaction whose rollback restores dvc.lock, params.yaml and the outputs).
 
     Args:
         overrides: settings for the challenger's run, dotted keys (e.g. {"train.epochs": 40}).
         project_dir: the project checkout (default: the one holding this file).
+        lock_timeout_s: how long to wait for another pipeline run in the same workspace to finish.
     """
     logger = get_run_logger()
     project = Path(project_dir or PROJECT_DIR).resolve()
     params = load_params(project / "params.yaml")
     registry = project / params.retrain.registry_dir
-    current = champion(registry)
 
-    # Sources live outside DVC's view (folders, buckets): ingest is always re-run; if the content is
-    # the same, its outputs are byte-identical and DVC skips everything downstream anyway.
-    reproduce_stage(project, "ingest", remote_source="://" in params.ingest.source, force=True)
-    dataset_hash = read_json(project / "data/prepared/meta.json")["dataset_hash"]
-    seen = {manifest(registry, v)["lineage"].get("dataset_hash") for v in versions(registry)}
-    if current and dataset_hash in seen and not overrides:
-        message = (f"No new data: dataset {dataset_hash[:12]} was already trained on (champion "
-                   f"{current['version']}). Nothing trained, champion unchanged.")
-        logger.info(message)
-        create_markdown_artifact(key="lab2prod-retrain-decision", markdown=f"## No new data\n\n{message}",
-                                 description="Retraining decision")
-        return {"decision": "no new data", "champion": current["version"]}
+    with workspace_lock(project, lock_timeout_s), transaction() as txn:
+        snapshot_workspace(project)
+        current = champion(registry)
+        # Sources live outside DVC's view (folders, buckets): ingest always re-runs; on the same
+        # content its outputs are byte-identical and DVC skips everything downstream anyway.
+        reproduce_stage(project, "ingest", remote_source="://" in params.ingest.source, force=True)
+        dataset_hash = read_json(project / "data/prepared/meta.json")["dataset_hash"]
+        seen = {manifest(registry, v)["lineage"].get("dataset_hash") for v in versions(registry)}
+        if current and dataset_hash in seen and not overrides:
+            message = (f"No new data: dataset {dataset_hash[:12]} was already trained on (champion "
+                       f"{current['version']}). Nothing trained, champion unchanged.")
+            logger.info(message)
+            create_markdown_artifact(key="lab2prod-retrain-decision", markdown=f"## No new data\n\n{message}",
+                                     description="Retraining decision")
+            _put_back(txn)
+            return {"decision": "no new data", "champion": current["version"]}
 
-    training_pipeline(overrides=overrides, project_dir=str(project))
-    result = gate_and_register(project, registry, dict(overrides or {}))
-    verdict = "PROMOTED" if result["promoted"] else "NOT PROMOTED"
-    old_f1 = "–" if result["champion_f1"] is None else f"{100 * result['champion_f1']:.2f} %"
-    create_markdown_artifact(
-        key="lab2prod-retrain-decision",
-        markdown="\n".join([
-            f"## {verdict}: {result['version']}", "", result["reason"], "",
-            "| | macro F1 on the new test split |", "|---|---|",
-            f"| challenger {result['version']} | {100 * result['challenger_f1']:.2f} % |",
-            f"| champion before this run | {old_f1} |", "",
-            f"Champion now: **{result['champion']}**. Roll back with `python -m tasks.registry rollback`.",
-        ]),
-        description="Retraining decision")
+        training_pipeline(overrides=overrides, project_dir=str(project), lock_timeout_s=lock_timeout_s)
+        result = gate_and_register(project, registry, dict(overrides or {}))
+        if not result["promoted"]:
+            _put_back(txn)
+    create_markdown_artifact(key="lab2prod-retrain-decision", markdown=_decision_report(result),
+                             description="Retraining decision")
     return {"decision": "promoted" if result["promoted"] else "rejected", **result}
 
 

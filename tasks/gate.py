@@ -13,6 +13,7 @@ from typing import Any
 from sklearn.metrics import f1_score, recall_score
 
 from models.classifier import load_split
+from tasks.artifacts import read_json
 from tasks.config import RetrainConfig
 from tasks.export import onnx_predictions
 
@@ -29,14 +30,34 @@ class Decision:
         return asdict(self)
 
 
+def export_problem(export_metrics: Path, onnx_name: str) -> str | None:
+    """Why the challenger's served file is not known to have passed export's checks, or None.
+
+    The export stage records a file in metrics/export.json only once it passed every check (ONNX
+    checker, logits against PyTorch within export.atol, INT8 top-1 agreement); a failed check fails
+    the stage and writes nothing.
+    """
+    if not export_metrics.exists():
+        return f"{export_metrics} is missing: the export checks did not run"
+    checked = {record["file"] for record in read_json(export_metrics).get("files", {}).values()}
+    if onnx_name not in checked:
+        return f"{onnx_name} is not among the files that passed export's checks ({', '.join(sorted(checked))})"
+    return None
+
+
 def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, classes: list[str],
-           cfg: RetrainConfig) -> Decision:
-    """Score both models on `test_split`; the verdict and its reason in words."""
+           cfg: RetrainConfig, checks_failed: str | None = None) -> Decision:
+    """Score both models on `test_split`; the verdict and its reason in words.
+
+    `checks_failed` (from `export_problem`) rejects the challenger whatever its scores.
+    """
     x, y = load_split(test_split)
     y_true = y.numpy()
     labels = list(range(len(classes)))
     new = onnx_predictions(challenger_onnx, x)
     new_f1 = float(f1_score(y_true, new, labels=labels, average="macro", zero_division=0))
+    if checks_failed:
+        return Decision(False, f"compression/export checks: {checks_failed}", new_f1, None, {})
     if champion_onnx is None:
         return Decision(True, "no champion yet: the first model becomes champion", new_f1, None, {})
     old = onnx_predictions(champion_onnx, x)

@@ -4,9 +4,10 @@ Layout (under `retrain.registry_dir`, default `registry/`):
     versions/v0001/                 an immutable copy of one pipeline run's deployable outputs:
         model.onnx, model_*.onnx    the exported ONNX files
         model.pt                    the weights-only PyTorch model
-        model_card.md, *.json       evaluation, compression, benchmark metrics
-        manifest.json               sha256 of every file above, lineage, parent version, created
-    champion.json                   {"version": ..., "onnx_sha256": ...}: switched with one atomic rename
+        model_card.md, *.json       evaluation, compression, export, benchmark metrics
+        params.yaml, dvc.lock       the run's settings and content hashes (`dvc pull` restores its data)
+        manifest.json               sha256 of every file above, the file to serve, lineage, parent version
+    champion.json                   {"version", "onnx" (the file to serve), "onnx_sha256"}: one atomic rename
     history.jsonl                   one line per champion change: when, from, to, why
 
     python -m tasks.registry list                 versions with their key metrics; * marks the champion
@@ -41,7 +42,12 @@ RUN_FILES = {  # what a version keeps: path in the workspace -> name in the vers
     "metrics/evaluate.json": "evaluate.json",
     "metrics/compress.json": "compress.json",
     "metrics/benchmark.json": "benchmark.json",
+    "metrics/export.json": "export.json",
     "data/prepared/meta.json": "data_meta.json",
+    # The run's settings and DVC lock (the content hash of every input and output): with them,
+    # `dvc pull` from the remote the run pushed to brings back this version's data and artifacts.
+    "params.yaml": "params.yaml",
+    "dvc.lock": "dvc.lock",
 }
 
 
@@ -78,11 +84,28 @@ def champion(registry: Path) -> dict[str, Any] | None:
     return read_json(path) if path.exists() else None
 
 
+def champion_model(registry: Path) -> Path | None:
+    """The ONNX file to serve: the one the champion pointer names, inside its immutable version."""
+    current = champion(registry)
+    return registry / "versions" / current["version"] / current["onnx"] if current else None
+
+
+def deployable_name(benchmark_file: Path) -> str:
+    """The ONNX file a run would serve: export's deployable default (the fastest variant that passed the
+    compression gates), else the FP32 model.onnx."""
+    benchmark = read_json(benchmark_file) if benchmark_file.exists() else {}
+    default = benchmark.get("deployable_default", "onnx_fp32")
+    return "model.onnx" if default == "onnx_fp32" else f"model_{default.removeprefix('onnx_')}.onnx"
+
+
 def register(registry: Path, project: Path, lineage: dict[str, Any], parent: str | None) -> str:
     """Copy the workspace's deployable outputs into a new immutable version; returns its name."""
     export_dir = project / "artifacts/export"
     if not (export_dir / "model.onnx").exists():
         raise RegistryError(f"{export_dir}/model.onnx is missing: run the pipeline before registering")
+    deployable = deployable_name(project / "metrics/benchmark.json")
+    if not (export_dir / deployable).exists():
+        raise RegistryError(f"{export_dir / deployable} (metrics/benchmark.json's deployable default) is missing")
     existing = versions(registry)
     name = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
     (registry / "versions").mkdir(parents=True, exist_ok=True)
@@ -95,7 +118,7 @@ def register(registry: Path, project: Path, lineage: dict[str, Any], parent: str
                 shutil.copy2(project / rel, tmp / target)
         files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
         write_json(tmp / "manifest.json", {"version": name, "created": _now(), "parent": parent,
-                                           "lineage": lineage, "files": files})
+                                           "deployable": deployable, "lineage": lineage, "files": files})
         for p in tmp.iterdir():  # immutable: read-only files
             p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     log.info("registry: registered %s (parent %s)", name, parent)
@@ -115,7 +138,8 @@ def set_champion(registry: Path, version: str, reason: str) -> dict[str, Any]:
     """Point the champion at `version` in one atomic step (after verifying its files)."""
     verify(registry, version)
     previous = champion(registry)
-    pointer = {"version": version, "onnx_sha256": manifest(registry, version)["files"]["model.onnx"],
+    m = manifest(registry, version)
+    pointer = {"version": version, "onnx": m["deployable"], "onnx_sha256": m["files"][m["deployable"]],
                "since": _now(), "reason": reason}
     write_json(registry / "champion.json", pointer)
     with (registry / "history.jsonl").open("a") as fh:
@@ -165,12 +189,13 @@ def list_cmd(registry: RegistryOpt = None) -> None:
     """Every version with its key metrics; * marks the champion."""
     reg = _registry(registry)
     current = (champion(reg) or {}).get("version")
-    table = Table("", "version", "created", "accuracy", "macro F1", "dataset", "parent")
+    table = Table("", "version", "created", "accuracy", "macro F1", "served file", "dataset", "parent")
     for v in versions(reg):
         m = manifest(reg, v)
         ev = m["lineage"].get("metrics", {})
         table.add_row("*" if v == current else "", v, m["created"], f"{ev.get('accuracy', float('nan')):.4f}",
-                      f"{ev.get('f1_macro', float('nan')):.4f}", str(m["lineage"].get("dataset_hash", ""))[:12],
+                      f"{ev.get('f1_macro', float('nan')):.4f}", m["deployable"],
+                      str(m["lineage"].get("dataset_hash", ""))[:12],
                       m["parent"] or "")
     Console().print(table)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -92,7 +93,13 @@ def wait_for(repo: Path, env: dict[str, str], run_id: str, timeout: float = 400)
 
 
 def logs(repo: Path, env: dict[str, str], run_id: str) -> str:
+    """One flow run's own log (a subflow's task logs are the subflow run's, not its parent's)."""
     return sh(repo, "prefect", "flow-run", "logs", run_id, env=env).stdout
+
+
+def worker_log(repo: Path) -> str:
+    """Everything every flow run of this project printed, subflows included (the `deployed` worker's output)."""
+    return (repo.parent / "worker.log").read_text()
 
 
 def test_deployment_run_completes_and_leaves_what_dvc_repro_would(deployed: tuple[Path, dict[str, str]]) -> None:
@@ -181,19 +188,57 @@ def registry_state(repo: Path) -> tuple[list[str], str | None]:
     return versions(reg), (champion(reg) or {}).get("version")
 
 
+def workspace_state(repo: Path) -> dict[str, bytes]:
+    """What a run that does not promote must leave as it found: settings, lock, metrics, models."""
+    files = ["params.yaml", "dvc.lock", "metrics/evaluate.json", "metrics/benchmark.json",
+             "artifacts/export/model.onnx", "artifacts/train/model.pt", "data/prepared/meta.json"]
+    return {f: (repo / f).read_bytes() for f in files}
+
+
+def kill_when_training(repo: Path, run_id: str, timeout: float = 300) -> None:
+    """SIGKILL every process of a flow run (the flow, DVC, the stage) once training has written a checkpoint."""
+    import psutil
+
+    def environ(proc: psutil.Process) -> dict[str, str]:
+        try:
+            return proc.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            return {}
+
+    checkpoint = repo / "artifacts/train/checkpoints/last.ckpt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs = [p for p in psutil.process_iter(["cmdline"]) if environ(p).get("PREFECT__FLOW_RUN_ID") == run_id]
+        training = [p for p in procs if "tasks.train" in (p.info["cmdline"] or [])]
+        if training and checkpoint.exists() and checkpoint.stat().st_mtime > training[0].create_time():
+            for proc in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"flow run {run_id} never reached training with a checkpoint in {timeout} s")
+
+
 def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, dict[str, str]]) -> None:
+    """The retraining lifecycle on one workspace: first champion, no new data, new data, a worse
+    challenger, a run killed mid-training and the run after it, a rollback by hand."""
+    from tasks.registry import champion_model, manifest
+
     repo, env = deployed
+    registry = repo / "registry"
     write_params(repo, {"ingest": {"extra_sources": ["data/feedback"]}})
     commit(repo, "feedback inbox on")
 
     first = start_run(repo, env, deployment=RETRAIN)
     assert wait_for(repo, env, first) == "COMPLETED", logs(repo, env, first)
     assert registry_state(repo) == (["v0001"], "v0001")  # no champion yet: the first model becomes it
+    assert any((repo / "dvc-remote").rglob("*")), "the run's data and models were not pushed to the DVC remote"
 
+    trainings = worker_log(repo).count("Running stage 'train'")
     again = start_run(repo, env, deployment=RETRAIN)
     assert wait_for(repo, env, again) == "COMPLETED", logs(repo, env, again)
-    text = logs(repo, env, again)
-    assert "No new data" in text and "Running stage 'train'" not in text
+    assert "No new data" in logs(repo, env, again)
+    assert worker_log(repo).count("Running stage 'train'") == trainings  # nothing trained
     assert registry_state(repo) == (["v0001"], "v0001")
 
     add_feedback(repo, per_class=8, angle=10)
@@ -201,18 +246,45 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     assert wait_for(repo, env, new_data) == "COMPLETED", logs(repo, env, new_data)
     versions_, current = registry_state(repo)
     assert versions_ == ["v0001", "v0002"]
-    from tasks.registry import manifest
-    m2 = manifest(repo / "registry", "v0002")
-    assert m2["parent"] == "v0001" and m2["lineage"]["dataset_hash"] != manifest(repo / "registry", "v0001")["lineage"]["dataset_hash"]
+    m2 = manifest(registry, "v0002")
+    assert m2["parent"] == "v0001" and m2["lineage"]["dataset_hash"] != manifest(registry, "v0001")["lineage"]["dataset_hash"]
     assert {"params_hash", "git_commit", "decision", "metrics"} <= set(m2["lineage"])
+    assert {"dvc.lock", "params.yaml", "export.json", m2["deployable"]} <= set(m2["files"])
     assert current == ("v0002" if m2["lineage"]["decision"]["promote"] else "v0001")
 
+    # a deliberately worse challenger: not promoted, champion and workspace as they were, the run says why
     champion_before = current
-    onnx_before = (repo / "registry/versions" / champion_before / "model.onnx").read_bytes()
+    served_before = champion_model(registry).read_bytes()
+    workspace_before = workspace_state(repo)
     add_feedback(repo, per_class=8, angle=-10)
     worse = start_run(repo, env, "--param", 'overrides={"train.lr": 1e-06, "train.epochs": 1}', deployment=RETRAIN)
     assert wait_for(repo, env, worse) == "COMPLETED", logs(repo, env, worse)
     versions_, current = registry_state(repo)
     assert versions_ == ["v0001", "v0002", "v0003"] and current == champion_before
-    assert (repo / "registry/versions" / current / "model.onnx").read_bytes() == onnx_before
-    assert "NOT PROMOTED v0003" in logs(repo, env, worse) and "retrain.min_f1_gain" in logs(repo, env, worse)
+    assert champion_model(registry).read_bytes() == served_before
+    text = logs(repo, env, worse)
+    assert "NOT PROMOTED v0003" in text and "retrain.min_f1_gain" in text and "workspace restored" in text
+    assert workspace_state(repo) == workspace_before
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+    # killed mid-training: nothing registered, champion unchanged; the next run resumes and completes
+    add_feedback(repo, per_class=8, angle=15)
+    killed = start_run(repo, env, "--param", 'overrides={"train.epochs": 20}', deployment=RETRAIN)
+    kill_when_training(repo, killed)
+    assert wait_for(repo, env, killed) in ("CRASHED", "FAILED")
+    assert registry_state(repo) == (["v0001", "v0002", "v0003"], champion_before)
+    assert champion_model(registry).read_bytes() == served_before
+    assert "resuming the unfinished run" not in worker_log(repo)
+    after = start_run(repo, env, "--param", 'overrides={"train.epochs": 20}', deployment=RETRAIN)
+    assert wait_for(repo, env, after) == "COMPLETED", logs(repo, env, after)
+    assert "resuming the unfinished run" in worker_log(repo)  # the stage logs are the subflow's, in the worker's log
+    versions_, current = registry_state(repo)
+    assert versions_[-1] == "v0004" and manifest(registry, "v0004")["parent"] == champion_before
+
+    # by hand: promote v0004, then roll back to the champion before it, its served file byte-identical
+    if current != "v0004":
+        sh(repo, "python", "-m", "tasks.registry", "promote", "v0004", env=env)
+    assert registry_state(repo)[1] == "v0004"
+    sh(repo, "python", "-m", "tasks.registry", "rollback", env=env)
+    assert registry_state(repo)[1] == champion_before
+    assert champion_model(registry).read_bytes() == served_before

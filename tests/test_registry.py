@@ -14,8 +14,9 @@ import torch
 from models.networks import build_network
 from tasks.config import validate_params
 from tasks.export import to_onnx
-from tasks.gate import decide
-from tasks.registry import RegistryError, champion, manifest, register, rollback, set_champion, sha256, verify
+from tasks.gate import decide, export_problem
+from tasks.registry import (RegistryError, champion, champion_model, manifest, register, rollback, set_champion,
+                            sha256, verify, versions)
 
 
 @pytest.fixture
@@ -44,6 +45,24 @@ def test_versions_are_immutable_copies_with_lineage(project: Path, tmp_path: Pat
     assert {"model.pt", "evaluate.json", "compress.json", "data_meta.json", "model_card.md"} <= set(m["files"])
     assert all(p.stat().st_mode & 0o222 == 0 for p in onnx_file.parent.iterdir())  # read-only files
     assert register(reg, project, {}, parent=v1) == "v0002"
+
+
+def test_the_served_file_is_exports_deployable_default(project: Path, tmp_path: Path,
+                                                       tiny_run: dict[str, Path]) -> None:
+    shutil.copy2(tiny_run["benchmark"], project / "metrics/benchmark.json")
+    default = json.loads((project / "metrics/benchmark.json").read_text())["deployable_default"]
+    expected = "model.onnx" if default == "onnx_fp32" else f"model_{default[len('onnx_'):]}.onnx"
+    reg = tmp_path / "registry"
+    v1 = register(reg, project, {}, None)
+    assert manifest(reg, v1)["deployable"] == expected
+    pointer = set_champion(reg, v1, "first")
+    assert pointer["onnx"] == expected
+    assert champion_model(reg).read_bytes() == (project / "artifacts/export" / expected).read_bytes()
+    # a benchmark naming a file the export did not write is refused, not registered half-way
+    (project / "metrics/benchmark.json").write_text(json.dumps({"deployable_default": "onnx_ghost"}))
+    with pytest.raises(RegistryError, match="model_ghost.onnx"):
+        register(reg, project, {}, None)
+    assert versions(reg) == [v1]
 
 
 def test_champion_pointer_promote_and_rollback(project: Path, tmp_path: Path) -> None:
@@ -109,3 +128,15 @@ def test_gate_promotes_only_a_better_challenger(tiny_run: dict[str, Path], tmp_p
     assert same.promote and same.recall_drops == {}  # a gain of 0 meets a margin of 0
     strict = decide(good, good, test, classes, validate_params({"retrain": {"min_f1_gain": 0.5}}).retrain)
     assert not strict.promote and "gain +0.00 points" in strict.reason
+
+
+def test_gate_rejects_a_served_file_that_skipped_exports_checks(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    export_json = tiny_run["export_metrics"]
+    assert export_problem(export_json, "model.onnx") is None
+    problem = export_problem(export_json, "model_unchecked.onnx")
+    assert "model_unchecked.onnx is not among the files that passed" in problem
+    assert "missing" in export_problem(tmp_path / "nope.json", "model.onnx")
+    cfg = validate_params({}).retrain
+    verdict = decide(tiny_run["onnx"], None, tiny_run["prepared"] / "test.npz", [str(i) for i in range(10)], cfg,
+                     checks_failed=problem)
+    assert not verdict.promote and verdict.reason.startswith("compression/export checks: ")
