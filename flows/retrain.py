@@ -121,8 +121,8 @@ def gate_and_register(project: Path, registry: Path, overrides: dict[str, Any]) 
     else:
         logger.warning("NOT PROMOTED %s, champion stays %s: %s", version, current["version"], decision.reason)
     return {"version": version, "promoted": decision.promote, "reason": decision.reason, "served": served,
-            "champion": champion(registry)["version"], "challenger_f1": decision.challenger_f1,
-            "champion_f1": decision.champion_f1}
+            "champion": champion(registry)["version"], "previous_champion": current and current["version"],
+            "scores": decision.scores}
 
 
 def _report_failure(flow: Any, flow_run: Any, state: Any) -> None:
@@ -135,15 +135,25 @@ def _report_failure(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def _decision_report(result: dict[str, Any]) -> str:
+    """The verdict, its reason, and both models' metrics on the same new test split, side by side."""
     verdict = "PROMOTED" if result["promoted"] else "NOT PROMOTED"
-    old_f1 = "–" if result["champion_f1"] is None else f"{100 * result['champion_f1']:.2f} %"
-    return "\n".join([
-        f"## {verdict}: {result['version']}", "", result["reason"], "",
-        f"| | macro F1 on the new test split ({result['served']} of the challenger) |", "|---|---|",
-        f"| challenger {result['version']} | {100 * result['challenger_f1']:.2f} % |",
-        f"| champion before this run | {old_f1} |", "",
-        f"Champion now: **{result['champion']}**. Roll back with `python -m tasks.registry rollback`.",
-    ])
+    new, old = result["scores"]["challenger"], result["scores"].get("champion")
+    lines = [f"## {verdict}: {result['version']}", "", result["reason"], "",
+             f"Both models' served files on the new test split (challenger: `{result['served']}`).", ""]
+    if old is None:
+        lines += ["| metric | challenger |", "|---|---|"]
+        lines += [f"| {k} | {100 * v:.2f} % |" for k, v in new.items()]
+    else:
+        lines += [f"| metric | champion {result['previous_champion']} | challenger {result['version']} | change |",
+                  "|---|---|---|---|"]
+        changed = [k for k in new if k in ("accuracy", "f1_macro") or new[k] != old[k]]
+        lines += [f"| {k} | {100 * old[k]:.2f} % | {100 * new[k]:.2f} % | {100 * (new[k] - old[k]):+.2f} pt |"
+                  for k in changed]
+        if len(changed) < len(new):
+            others = len(new) - len(changed)
+            lines.append(f"| recall of {others} other class{'es' if others > 1 else ''} | unchanged | unchanged | |")
+    lines += ["", f"Champion now: **{result['champion']}**. Roll back with `python -m tasks.registry rollback`."]
+    return "\n".join(lines)
 
 
 @flow(name="scheduled-retrain", on_failure=[_report_failure], on_crashed=[_report_failure])

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sklearn.metrics import f1_score, recall_score
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from models.classifier import load_split
 from tasks.artifacts import read_json
@@ -25,9 +27,21 @@ class Decision:
     challenger_f1: float
     champion_f1: float | None
     recall_drops: dict[str, float]
+    # both models on the same test split: {"challenger"|"champion": {"accuracy", "f1_macro", "recall.<class>"}}
+    scores: dict[str, dict[str, float]]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def score(onnx_file: Path, x: torch.Tensor, y_true: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Accuracy, macro F1 and per-class recall of an ONNX model's top-1 predictions."""
+    labels = list(range(len(classes)))
+    pred = onnx_predictions(onnx_file, x)
+    recall = recall_score(y_true, pred, labels=labels, average=None, zero_division=0)
+    return {"accuracy": float(accuracy_score(y_true, pred)),
+            "f1_macro": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+            **{f"recall.{c}": float(r) for c, r in zip(classes, recall)}}
 
 
 def export_problem(export_metrics: Path, onnx_name: str) -> str | None:
@@ -53,28 +67,27 @@ def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, 
     """
     x, y = load_split(test_split)
     y_true = y.numpy()
-    labels = list(range(len(classes)))
-    new = onnx_predictions(challenger_onnx, x)
-    new_f1 = float(f1_score(y_true, new, labels=labels, average="macro", zero_division=0))
+    new = score(challenger_onnx, x, y_true, classes)
     if checks_failed:
-        return Decision(False, f"compression/export checks: {checks_failed}", new_f1, None, {})
+        return Decision(False, f"compression/export checks: {checks_failed}", new["f1_macro"], None, {},
+                        {"challenger": new})
     if champion_onnx is None:
-        return Decision(True, "no champion yet: the first model becomes champion", new_f1, None, {})
-    old = onnx_predictions(champion_onnx, x)
-    old_f1 = float(f1_score(y_true, old, labels=labels, average="macro", zero_division=0))
-    new_recall = recall_score(y_true, new, labels=labels, average=None, zero_division=0)
-    old_recall = recall_score(y_true, old, labels=labels, average=None, zero_division=0)
-    drops = {c: round(100 * float(o - n), 4) for c, o, n in zip(classes, old_recall, new_recall) if o > n}
-    gain = 100 * (new_f1 - old_f1)
+        return Decision(True, "no champion yet: the first model becomes champion", new["f1_macro"], None, {},
+                        {"challenger": new})
+    old = score(champion_onnx, x, y_true, classes)
+    scores = {"challenger": new, "champion": old}
+    drops = {c: round(100 * (old[f"recall.{c}"] - new[f"recall.{c}"]), 4) for c in classes
+             if old[f"recall.{c}"] > new[f"recall.{c}"]}
+    gain = 100 * (new["f1_macro"] - old["f1_macro"])
+    f1s = f"macro F1 {100 * new['f1_macro']:.2f} vs champion {100 * old['f1_macro']:.2f}"
     reasons = []
     if gain < cfg.min_f1_gain:
-        reasons.append(f"macro F1 {100 * new_f1:.2f} vs champion {100 * old_f1:.2f}: gain {gain:+.2f} points "
-                       f"< retrain.min_f1_gain = {cfg.min_f1_gain}")
+        reasons.append(f"{f1s}: gain {gain:+.2f} points < retrain.min_f1_gain = {cfg.min_f1_gain}")
     worst = max(drops.items(), key=lambda kv: kv[1], default=None)
     if worst and worst[1] > cfg.max_class_recall_drop:
         reasons.append(f"class '{worst[0]}' recall drops {worst[1]:.2f} points > retrain.max_class_recall_drop = "
                        f"{cfg.max_class_recall_drop}")
     if reasons:
-        return Decision(False, "; ".join(reasons), new_f1, old_f1, drops)
-    return Decision(True, f"macro F1 {100 * new_f1:.2f} vs champion {100 * old_f1:.2f} ({gain:+.2f} points), "
-                          "no class recall drop over the limit", new_f1, old_f1, drops)
+        return Decision(False, "; ".join(reasons), new["f1_macro"], old["f1_macro"], drops, scores)
+    return Decision(True, f"{f1s} ({gain:+.2f} points), no class recall drop over the limit",
+                    new["f1_macro"], old["f1_macro"], drops, scores)

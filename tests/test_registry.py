@@ -117,6 +117,9 @@ def test_gate_promotes_only_a_better_challenger(tiny_run: dict[str, Path], tmp_p
     test = tiny_run["prepared"] / "test.npz"
     first = decide(good, None, test, classes, cfg)
     assert first.promote and "no champion yet" in first.reason
+    evaluated = json.loads(tiny_run["metrics"].read_text())  # PyTorch's figures on the same split
+    assert first.scores["challenger"]["accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-3)
+    assert first.scores["challenger"]["f1_macro"] == pytest.approx(evaluated["f1_macro"], abs=1e-3)
     torch.manual_seed(0)
     untrained = build_network("small_cnn", 1, 10, 8, 0.0, [0.5], [0.25]).eval()
     bad = tmp_path / "bad.onnx"
@@ -124,6 +127,9 @@ def test_gate_promotes_only_a_better_challenger(tiny_run: dict[str, Path], tmp_p
     worse = decide(bad, good, test, classes, cfg)
     assert not worse.promote and "retrain.min_f1_gain" in worse.reason and "recall drops" in worse.reason
     assert worse.challenger_f1 < worse.champion_f1
+    assert worse.scores["champion"] == first.scores["challenger"]  # both scored on the same split
+    assert {c: round(100 * (worse.scores["champion"][f"recall.{c}"] - worse.scores["challenger"][f"recall.{c}"]), 4)
+            for c in worse.recall_drops} == worse.recall_drops
     same = decide(good, good, test, classes, cfg)
     assert same.promote and same.recall_drops == {}  # a gain of 0 meets a margin of 0
     strict = decide(good, good, test, classes, validate_params({"retrain": {"min_f1_gain": 0.5}}).retrain)
