@@ -24,11 +24,17 @@ from tasks.export import onnx_predictions
 class Decision:
     promote: bool
     reason: str
-    challenger_f1: float
-    champion_f1: float | None
     recall_drops: dict[str, float]
     # both models on the same test split: {"challenger"|"champion": {"accuracy", "f1_macro", "recall.<class>"}}
     scores: dict[str, dict[str, float]]
+
+    @property
+    def challenger_f1(self) -> float:
+        return self.scores["challenger"]["f1_macro"]
+
+    @property
+    def champion_f1(self) -> float | None:
+        return self.scores["champion"]["f1_macro"] if "champion" in self.scores else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,11 +75,9 @@ def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, 
     y_true = y.numpy()
     new = score(challenger_onnx, x, y_true, classes)
     if checks_failed:
-        return Decision(False, f"compression/export checks: {checks_failed}", new["f1_macro"], None, {},
-                        {"challenger": new})
+        return Decision(False, f"compression/export checks: {checks_failed}", {}, {"challenger": new})
     if champion_onnx is None:
-        return Decision(True, "no champion yet: the first model becomes champion", new["f1_macro"], None, {},
-                        {"challenger": new})
+        return Decision(True, "no champion yet: the first model becomes champion", {}, {"challenger": new})
     old = score(champion_onnx, x, y_true, classes)
     scores = {"challenger": new, "champion": old}
     drops = {c: round(100 * (old[f"recall.{c}"] - new[f"recall.{c}"]), 4) for c in classes
@@ -88,6 +92,5 @@ def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, 
         reasons.append(f"class '{worst[0]}' recall drops {worst[1]:.2f} points > retrain.max_class_recall_drop = "
                        f"{cfg.max_class_recall_drop}")
     if reasons:
-        return Decision(False, "; ".join(reasons), new["f1_macro"], old["f1_macro"], drops, scores)
-    return Decision(True, f"{f1s} ({gain:+.2f} points), no class recall drop over the limit",
-                    new["f1_macro"], old["f1_macro"], drops, scores)
+        return Decision(False, "; ".join(reasons), drops, scores)
+    return Decision(True, f"{f1s} ({gain:+.2f} points), no class recall drop over the limit", drops, scores)
