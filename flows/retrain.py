@@ -1,13 +1,15 @@
 """Scheduled retraining that only promotes a better model.
 
-    new data in -> ingest -> same dataset hash as the champion's? stop ("no new data")
-    -> the training pipeline (every dvc.yaml stage, through DVC) -> gate: challenger vs champion on
-    the same new test split -> register an immutable version (always, with lineage) -> promote it
-    (atomic champion pointer) only if it passed the gate; otherwise the champion stays as it was.
+    new data in -> ingest -> dataset hash already trained on? stop ("no new data")
+    -> the training pipeline (every dvc.yaml stage, through DVC; pushed to the DVC remote)
+    -> gate: the challenger's served ONNX file vs the champion's, on the same new test split
+    -> register an immutable version (always, with lineage) -> promote it (atomic champion pointer)
+       only if it passed the gate; otherwise the champion stays as it was.
 
 New data: images added to `ingest.source` and labelled corrections dropped into the feedback inbox
 (`ingest.extra_sources`, default data/feedback/<class>/<image>). Nothing of a failed or rejected run
-becomes champion: the pointer is switched in one rename, at the very end, after every check.
+becomes champion: the pointer is switched in one rename, at the very end, after every check. The
+run is a Prefect transaction: unless it promotes, its rollback puts the workspace back as it was.
 
     python -m flows.retrain
     prefect deployment run 'scheduled-retrain/scheduled-retrain'
