@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from flows.pipeline import PROJECT_DIR, has_remote, reproduce_stage, run_dvc, tr
 from tasks.artifacts import git_commit, read_json
 from tasks.config import ConfigError, load_params
 from tasks.gate import decide, export_problem
-from tasks.registry import champion, champion_model, deployable_name, manifest, register, set_champion, versions
+from tasks.registry import champion, deployable_name, local_copy, location, manifest, register, set_champion, versions
 
 SNAPSHOT = Path(".dvc/tmp/lab2prod-snapshot")
 
@@ -102,16 +103,18 @@ def _put_back(txn: Transaction) -> None:
 
 
 @task
-def gate_and_register(project: Path, registry: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+def gate_and_register(project: Path, registry: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Score challenger and champion on the new test split, register the challenger, promote if better."""
     logger = get_run_logger()
     params = load_params(project / "params.yaml")
     meta = read_json(project / "data/prepared/meta.json")
     current = champion(registry)
     served = deployable_name(project / "metrics/benchmark.json")
-    decision = decide(project / "artifacts/export" / served, champion_model(registry),
-                      project / "data/prepared/test.npz", meta["classes"], params.retrain,
-                      checks_failed=export_problem(project / "metrics/export.json", served))
+    with tempfile.TemporaryDirectory() as scratch:  # a remote registry's champion file is downloaded
+        champion_onnx = local_copy(registry, current["version"], current["onnx"], Path(scratch)) if current else None
+        decision = decide(project / "artifacts/export" / served, champion_onnx, project / "data/prepared/test.npz",
+                          meta["classes"], params.retrain,
+                          checks_failed=export_problem(project / "metrics/export.json", served))
     evaluate = read_json(project / "metrics/evaluate.json")
     lineage = {"dataset_hash": meta["dataset_hash"], "params_hash": params.section_hash(),
                "git_commit": git_commit(), "overrides": overrides, "decision": decision.as_dict(),
@@ -174,7 +177,7 @@ def scheduled_retrain(overrides: dict[str, Any] | None = None, project_dir: str 
     logger = get_run_logger()
     project = Path(project_dir or PROJECT_DIR).resolve()
     params = load_params(project / "params.yaml")
-    registry = project / params.retrain.registry_dir
+    registry = location(project, params.retrain.registry_dir)
 
     with workspace_lock(project, lock_timeout_s), transaction() as txn:
         snapshot_workspace(project)

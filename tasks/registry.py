@@ -24,10 +24,13 @@ import json
 import logging
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
+import fsspec
 import typer
+from fsspec.implementations.local import LocalFileSystem
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +39,6 @@ from tasks.config import load_params
 
 log = logging.getLogger("tasks.registry")
 
-REGISTRY = Path("registry")
 RUN_FILES = {  # what a version keeps: path in the workspace -> name in the version
     "artifacts/train/model.pt": "model.pt",
     "metrics/evaluate.json": "evaluate.json",
@@ -55,39 +57,100 @@ class RegistryError(RuntimeError):
     """The registry cannot do what was asked; the message says what is missing or wrong."""
 
 
+class Store:
+    """Where a registry lives: a local directory, or any fsspec URL (s3://, gs://, az://, ...).
+
+    Local: a version appears with one directory rename and its files are made read-only; the
+    champion pointer is replaced with one rename. Object store: one object per file, manifest.json
+    written last (a version without it does not exist), champion.json a single PUT (atomic on S3,
+    GCS and Azure). Either way every file's sha256 is checked before a version becomes champion.
+    """
+
+    def __init__(self, location: str | Path) -> None:
+        self.location = str(location)
+        self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        self.local = isinstance(self.fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def url(self, *parts: str) -> str:
+        """A path for local registries, a full URL (with its protocol) for remote ones."""
+        return self.path(*parts) if self.local else self.fs.unstrip_protocol(self.path(*parts))
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def read_json(self, *parts: str) -> Any:
+        return json.loads(self.fs.cat_file(self.path(*parts)))
+
+    def write_json(self, obj: Any, *parts: str) -> None:
+        if self.local:
+            write_json(Path(self.path(*parts)), obj)
+        else:
+            self.fs.pipe_file(self.path(*parts), (json.dumps(obj, indent=2) + "\n").encode())
+
+    def append_line(self, line: str, *parts: str) -> None:
+        if self.local:
+            with open(self.path(*parts), "a") as fh:
+                fh.write(line + "\n")
+        else:  # objects cannot be appended to: rewrite (one writer at a time: the workspace lock)
+            old = self.fs.cat_file(self.path(*parts)) if self.exists(*parts) else b""
+            self.fs.pipe_file(self.path(*parts), old + (line + "\n").encode())
+
+    def sha256(self, *parts: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(self.path(*parts), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return Store(path.parent).sha256(path.name)
 
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def versions(registry: Path) -> list[str]:
-    root = registry / "versions"
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists()) if root.exists() else []
+def location(project: Path, registry_dir: str) -> str:
+    """`retrain.registry_dir` as a place: a URL as it is, a relative path from the project."""
+    return registry_dir if "://" in registry_dir else str(project / registry_dir)
 
 
-def manifest(registry: Path, version: str) -> dict[str, Any]:
-    path = registry / "versions" / version / "manifest.json"
-    if not path.exists():
+def versions(registry: Path | str) -> list[str]:
+    store = Store(registry)
+    return sorted(p.rstrip("/").split("/")[-2] for p in store.fs.glob(store.path("versions", "*", "manifest.json")))
+
+
+def manifest(registry: Path | str, version: str) -> dict[str, Any]:
+    store = Store(registry)
+    if not store.exists("versions", version, "manifest.json"):
         raise RegistryError(f"no version {version!r} in {registry} (known: {', '.join(versions(registry)) or 'none'})")
-    return read_json(path)
+    return store.read_json("versions", version, "manifest.json")
 
 
-def champion(registry: Path) -> dict[str, Any] | None:
-    path = registry / "champion.json"
-    return read_json(path) if path.exists() else None
+def champion(registry: Path | str) -> dict[str, Any] | None:
+    store = Store(registry)
+    return store.read_json("champion.json") if store.exists("champion.json") else None
 
 
-def champion_model(registry: Path) -> Path | None:
-    """The ONNX file to serve: the one the champion pointer names, inside its immutable version."""
+def champion_model(registry: Path | str) -> str | None:
+    """The ONNX file to serve (a path, or a URL for a remote registry): the one the champion pointer
+    names, inside its immutable version. `fsspec.open(...)` reads either."""
     current = champion(registry)
-    return registry / "versions" / current["version"] / current["onnx"] if current else None
+    return Store(registry).url("versions", current["version"], current["onnx"]) if current else None
+
+
+def local_copy(registry: Path | str, version: str, file: str, scratch: Path) -> Path:
+    """A local path to one file of a version: the file itself, or a download into `scratch`."""
+    store = Store(registry)
+    if store.local:
+        return Path(store.path("versions", version, file))
+    scratch.mkdir(parents=True, exist_ok=True)
+    store.fs.get_file(store.path("versions", version, file), str(scratch / file))
+    return scratch / file
 
 
 def deployable_name(benchmark_file: Path) -> str:
@@ -98,7 +161,21 @@ def deployable_name(benchmark_file: Path) -> str:
     return "model.onnx" if default == "onnx_fp32" else f"model_{default.removeprefix('onnx_')}.onnx"
 
 
-def register(registry: Path, project: Path, lineage: dict[str, Any], parent: str | None) -> str:
+def _stage_version(tmp: Path, project: Path, name: str, parent: str | None, deployable: str,
+                   lineage: dict[str, Any]) -> None:
+    """Fill `tmp` with a version's files and its manifest (their sha256, lineage, parent)."""
+    for src in sorted((project / "artifacts/export").glob("*")):
+        if src.is_file():
+            shutil.copy2(src, tmp / src.name)
+    for rel, target in RUN_FILES.items():
+        if (project / rel).exists():
+            shutil.copy2(project / rel, tmp / target)
+    files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+    write_json(tmp / "manifest.json", {"version": name, "created": _now(), "parent": parent,
+                                       "deployable": deployable, "lineage": lineage, "files": files})
+
+
+def register(registry: Path | str, project: Path, lineage: dict[str, Any], parent: str | None) -> str:
     """Copy the workspace's deployable outputs into a new immutable version; returns its name."""
     export_dir = project / "artifacts/export"
     if not (export_dir / "model.onnx").exists():
@@ -108,54 +185,55 @@ def register(registry: Path, project: Path, lineage: dict[str, Any], parent: str
         raise RegistryError(f"{export_dir / deployable} (metrics/benchmark.json's deployable default) is missing")
     existing = versions(registry)
     name = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
-    (registry / "versions").mkdir(parents=True, exist_ok=True)
-    with atomic_dir(registry / "versions" / name) as tmp:
-        for src in sorted(export_dir.glob("*")):
-            if src.is_file():
-                shutil.copy2(src, tmp / src.name)
-        for rel, target in RUN_FILES.items():
-            if (project / rel).exists():
-                shutil.copy2(project / rel, tmp / target)
-        files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
-        write_json(tmp / "manifest.json", {"version": name, "created": _now(), "parent": parent,
-                                           "deployable": deployable, "lineage": lineage, "files": files})
-        for p in tmp.iterdir():  # immutable: read-only files
-            p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    store = Store(registry)
+    if store.local:
+        with atomic_dir(Path(store.path("versions", name))) as tmp:
+            _stage_version(tmp, project, name, parent, deployable, lineage)
+            for p in tmp.iterdir():  # immutable: read-only files
+                p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            tmp = Path(scratch)
+            _stage_version(tmp, project, name, parent, deployable, lineage)
+            for p in sorted(tmp.iterdir(), key=lambda p: p.name == "manifest.json"):  # the manifest last
+                store.fs.put_file(str(p), store.path("versions", name, p.name))
     log.info("registry: registered %s (parent %s)", name, parent)
     return name
 
 
-def verify(registry: Path, version: str) -> None:
+def verify(registry: Path | str, version: str) -> None:
     """Every file of a version still has the hash recorded when it was registered."""
-    m = manifest(registry, version)
-    for file, digest in m["files"].items():
-        path = registry / "versions" / version / file
-        if not path.exists() or sha256(path) != digest:
-            raise RegistryError(f"{path} does not match its recorded sha256: the version was modified")
+    store = Store(registry)
+    for file, digest in manifest(registry, version)["files"].items():
+        where = store.url("versions", version, file)
+        if not store.exists("versions", version, file) or store.sha256("versions", version, file) != digest:
+            raise RegistryError(f"{where} does not match its recorded sha256: the version was modified")
 
 
-def set_champion(registry: Path, version: str, reason: str) -> dict[str, Any]:
+def set_champion(registry: Path | str, version: str, reason: str) -> dict[str, Any]:
     """Point the champion at `version` in one atomic step (after verifying its files)."""
     verify(registry, version)
+    store = Store(registry)
     previous = champion(registry)
     m = manifest(registry, version)
     pointer = {"version": version, "onnx": m["deployable"], "onnx_sha256": m["files"][m["deployable"]],
                "since": _now(), "reason": reason}
-    write_json(registry / "champion.json", pointer)
-    with (registry / "history.jsonl").open("a") as fh:
-        fh.write(json.dumps({"at": pointer["since"], "from": previous and previous["version"], "to": version,
-                             "reason": reason}) + "\n")
+    store.write_json(pointer, "champion.json")
+    store.append_line(json.dumps({"at": pointer["since"], "from": previous and previous["version"], "to": version,
+                                  "reason": reason}), "history.jsonl")
     log.info("registry: champion is now %s (%s)", version, reason)
     return pointer
 
 
-def rollback(registry: Path, to: str | None = None) -> dict[str, Any]:
+def rollback(registry: Path | str, to: str | None = None) -> dict[str, Any]:
     """Make `to` champion, or else the champion before the current one."""
     current = champion(registry)
     if to is None:
         if current is None:
             raise RegistryError("there is no champion to roll back from")
-        history = [json.loads(line) for line in (registry / "history.jsonl").read_text().splitlines() if line]
+        store = Store(registry)
+        history = [json.loads(line) for line in store.fs.cat_file(store.path("history.jsonl")).decode().splitlines()
+                   if line]
         earlier = [h["from"] for h in history if h["to"] == current["version"] and h["from"]]
         if not earlier:
             raise RegistryError(f"{current['version']} has no earlier champion; name one with --to")
@@ -169,11 +247,12 @@ def rollback(registry: Path, to: str | None = None) -> dict[str, Any]:
 
 app = typer.Typer(help="The lab2prod model registry: versions, champion, promotion, rollback.",
                   no_args_is_help=True, add_completion=False)
-RegistryOpt = Annotated[Path | None, typer.Option(help="Registry directory (default: retrain.registry_dir).")]
+RegistryOpt = Annotated[str | None, typer.Option(
+    help="Registry directory or URL, e.g. s3://bucket/registry (default: retrain.registry_dir).")]
 
 
-def _registry(path: Path | None) -> Path:
-    return path or Path(load_params().retrain.registry_dir)
+def _registry(where: str | None) -> str:
+    return where or location(Path.cwd(), load_params().retrain.registry_dir)
 
 
 def _run(fn, *args):

@@ -254,14 +254,14 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
 
     # a deliberately worse challenger: not promoted, champion and workspace as they were, the run says why
     champion_before = current
-    served_before = champion_model(registry).read_bytes()
+    served_before = Path(champion_model(registry)).read_bytes()
     workspace_before = workspace_state(repo)
     add_feedback(repo, per_class=8, angle=-10)
     worse = start_run(repo, env, "--param", 'overrides={"train.lr": 1e-06, "train.epochs": 1}', deployment=RETRAIN)
     assert wait_for(repo, env, worse) == "COMPLETED", logs(repo, env, worse)
     versions_, current = registry_state(repo)
     assert versions_ == ["v0001", "v0002", "v0003"] and current == champion_before
-    assert champion_model(registry).read_bytes() == served_before
+    assert Path(champion_model(registry)).read_bytes() == served_before
     text = logs(repo, env, worse)
     assert "NOT PROMOTED v0003" in text and "retrain.min_f1_gain" in text and "workspace restored" in text
     assert workspace_state(repo) == workspace_before
@@ -273,7 +273,7 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     kill_when_training(repo, killed)
     assert wait_for(repo, env, killed) in ("CRASHED", "FAILED")
     assert registry_state(repo) == (["v0001", "v0002", "v0003"], champion_before)
-    assert champion_model(registry).read_bytes() == served_before
+    assert Path(champion_model(registry)).read_bytes() == served_before
     assert "resuming the unfinished run" not in worker_log(repo)
     after = start_run(repo, env, "--param", 'overrides={"train.epochs": 20}', deployment=RETRAIN)
     assert wait_for(repo, env, after) == "COMPLETED", logs(repo, env, after)
@@ -287,4 +287,4 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     assert registry_state(repo)[1] == "v0004"
     sh(repo, "python", "-m", "tasks.registry", "rollback", env=env)
     assert registry_state(repo)[1] == champion_before
-    assert champion_model(registry).read_bytes() == served_before
+    assert Path(champion_model(registry)).read_bytes() == served_before
