@@ -24,6 +24,7 @@ import json
 import logging
 import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from typing import Annotated, Any
 import fsspec
 import typer
 from fsspec.implementations.local import LocalFileSystem
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -268,15 +270,16 @@ def list_cmd(registry: RegistryOpt = None) -> None:
     """Every version with its key metrics; * marks the champion."""
     reg = _registry(registry)
     current = (champion(reg) or {}).get("version")
-    table = Table("", "version", "created", "accuracy", "macro F1", "served file", "dataset", "parent")
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("", "version", "created (UTC)", "accuracy", "macro F1", "served file", "dataset", "parent"):
+        table.add_column(column, no_wrap=True)
     for v in versions(reg):
         m = manifest(reg, v)
         ev = m["lineage"].get("metrics", {})
-        table.add_row("*" if v == current else "", v, m["created"], f"{ev.get('accuracy', float('nan')):.4f}",
-                      f"{ev.get('f1_macro', float('nan')):.4f}", m["deployable"],
-                      str(m["lineage"].get("dataset_hash", ""))[:12],
-                      m["parent"] or "")
-    Console().print(table)
+        table.add_row("*" if v == current else "", v, m["created"][:16].replace("T", " "),
+                      f"{ev.get('accuracy', float('nan')):.4f}", f"{ev.get('f1_macro', float('nan')):.4f}",
+                      m["deployable"], str(m["lineage"].get("dataset_hash", ""))[:8], m["parent"] or "")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: don't cut to 80 columns
 
 
 @app.command()
