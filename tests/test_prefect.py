@@ -24,6 +24,9 @@ from tests.sandbox import commit, make_project, project_env, sh, write_params
 pytestmark = pytest.mark.slow
 
 RUN = "training-pipeline/training-pipeline"
+# These tests are about orchestration; two compressed variants instead of four keep every run shorter
+# (tests/test_compress.py covers all four).
+LEAN = {"compress": {**TINY["compress"], "sparse": {"enabled": False}, "int8": {"enabled": False}}}
 
 
 def free_port() -> int:
@@ -68,6 +71,8 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 def deployed(tmp_path: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
     """A sandbox project with its deployments registered and a process worker polling for runs."""
     repo = make_project(tmp_path / "project")
+    write_params(repo, LEAN)
+    commit(repo, "lean compression")
     env = project_env(repo, **prefect_env)
     sh(repo, "python", "-m", "flows.deploy", env=env)
     log = (tmp_path / "worker.log").open("w")
@@ -235,9 +240,7 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
 
     repo, env = deployed
     registry = repo / "registry"
-    # feedback inbox on; two compressed variants instead of four keep each of the seven runs shorter
-    write_params(repo, {"ingest": {"extra_sources": ["data/feedback"]},
-                        "compress": {**TINY["compress"], "sparse": {"enabled": False}, "int8": {"enabled": False}}})
+    write_params(repo, {**LEAN, "ingest": {"extra_sources": ["data/feedback"]}})
     commit(repo, "feedback inbox on")
 
     first = start_run(repo, env, deployment=RETRAIN)
