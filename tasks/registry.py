@@ -69,8 +69,7 @@ class Store:
     """
 
     def __init__(self, location: str | Path) -> None:
-        self.location = str(location)
-        self.fs, self.root = fsspec.core.url_to_fs(self.location)
+        self.fs, self.root = fsspec.core.url_to_fs(str(location))
         self.local = isinstance(self.fs, LocalFileSystem)
 
     def path(self, *parts: str) -> str:
