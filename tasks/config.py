@@ -136,7 +136,7 @@ class ExportConfig(_Section):
 class RetrainConfig(_Section):
     registry_dir: str = "registry"
     min_f1_gain: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
-    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 2.0
+    max_class_recall_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
 
 
 class Params(_Section):

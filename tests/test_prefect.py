@@ -271,7 +271,9 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     served_before = Path(champion_model(registry)).read_bytes()
     workspace_before = workspace_state(repo)
     add_feedback(repo, per_class=8, angle=-10)
-    worse = start_run(repo, env, "--param", 'overrides={"train.lr": 1e-06, "train.epochs": 1}', deployment=RETRAIN)
+    # every model the run could serve is ruined: the network, and the pruned and distilled variants
+    ruin = '{"train.lr": 1e-06, "train.epochs": 1, "compress.prune.lr": 1e-06, "compress.distill.lr": 1e-06}'
+    worse = start_run(repo, env, "--param", f"overrides={ruin}", deployment=RETRAIN)
     assert wait_for(repo, env, worse) == "COMPLETED", logs(repo, env, worse)
     versions_, current = registry_state(repo)
     assert versions_ == ["v0001", "v0002", "v0003"] and current == champion_before
