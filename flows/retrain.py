@@ -61,8 +61,9 @@ def snapshot_workspace(project: Path) -> list[str]:
             shutil.copytree(src, dst)
         elif src.exists():
             shutil.copy2(src, dst)
-    (snap / "paths.json").write_text(json.dumps(paths))
-    get_transaction().set("project", str(project))
+    txn = get_transaction()
+    txn.set("project", str(project))
+    txn.set("paths", paths)
     return paths
 
 
@@ -73,7 +74,7 @@ def restore_workspace(txn: Transaction) -> None:
     logger = get_run_logger()
     project = Path(txn.get("project"))
     snap = project / SNAPSHOT
-    for rel in json.loads((snap / "paths.json").read_text()):
+    for rel in txn.get("paths"):
         target, saved = project / rel, snap / rel
         if target.is_dir():
             shutil.rmtree(target)

@@ -22,6 +22,7 @@ from typing import Annotated
 import fsspec
 import numpy as np
 import onnxruntime as ort
+import torch
 import typer
 from rich.console import Console
 from rich.progress import track
@@ -61,8 +62,6 @@ class Classifier:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for uint8 NHWC images."""
-        import torch
-
         logits = onnx_logits(self.session, to_model_input(torch.from_numpy(images)).numpy())
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
