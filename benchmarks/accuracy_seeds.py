@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 
-from benchmarks._common import hardware
+from lab2prod.console import setup_logging
+from lab2prod.machine import describe_machine as hardware
+from lab2prod.settings import apply_overrides, load_params, validate_params
 from tasks.augment import augment
-from tasks.config import apply_overrides, load_params, validate_params
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
-from tasks.logs import setup_logging
 from tasks.train import train
-
-import yaml
 
 
 def one_seed(seed: int, params_file: Path, work: Path) -> dict:
@@ -38,15 +37,26 @@ def one_seed(seed: int, params_file: Path, work: Path) -> dict:
     ingest(params.ingest, d / "prepared")
     augment(params.augment, d / "prepared", d / "augmented", d / "preview.png")
     train(params, d / "prepared", d / "augmented", d / "train", d / "live")
-    m = evaluate(params.evaluate, d / "prepared", d / "train/model.pt", d / "evaluate.json", d / "pred.csv", d / "cm.png")
-    return {"seed": seed, "accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
-            "baseline_accuracy": m["baseline"]["accuracy"], "n_test": m["n_test"],
-            "seconds": round(time.perf_counter() - start, 1)}
+    m = evaluate(
+        params.evaluate, d / "prepared", d / "train/model.pt", d / "evaluate.json", d / "pred.csv", d / "cm.png"
+    )
+    return {
+        "seed": seed,
+        "accuracy": m["accuracy"],
+        "f1_macro": m["f1_macro"],
+        "baseline_accuracy": m["baseline"]["accuracy"],
+        "n_test": m["n_test"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
-def main(seeds: Annotated[int, typer.Option(help="How many seeds (0..N-1).")] = 3,
-         params: Annotated[Path, typer.Option(help="Settings file.")] = Path("params.yaml"),
-         out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("benchmarks/results/accuracy_seeds.json")) -> None:
+def main(
+    seeds: Annotated[int, typer.Option(help="How many seeds (0..N-1).")] = 3,
+    params: Annotated[Path, typer.Option(help="Settings file.")] = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path(
+        "benchmarks/results/accuracy_seeds.json"
+    ),
+) -> None:
     """Mean +- sd test accuracy of the network vs the baseline over seeds."""
     setup_logging(logging.WARNING)
     load_params(params)  # fail fast on bad settings
@@ -59,17 +69,29 @@ def main(seeds: Annotated[int, typer.Option(help="How many seeds (0..N-1).")] = 
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     print(f"hardware: {hardware()}")
-    print(f"settings: {params} with ingest/augment/train seed = 0..{seeds - 1}; n = {seeds}; test images per seed: {rows[0]['n_test']}")
+    print(f"settings: {params} with ingest/augment/train seed = 0..{seeds - 1}; n = {seeds}; ", end="")
+    print(f"test images per seed: {rows[0]['n_test']}")
     print(f"{'seed':>4}  {'network acc %':>13}  {'macro F1 %':>10}  {baseline_name + ' acc %':>12}  {'seconds':>7}")
     for r in rows:
-        print(f"{r['seed']:>4}  {100 * r['accuracy']:>13.2f}  {100 * r['f1_macro']:>10.2f}  {100 * r['baseline_accuracy']:>12.2f}  {r['seconds']:>7}")
+        acc, f1, base = 100 * r["accuracy"], 100 * r["f1_macro"], 100 * r["baseline_accuracy"]
+        print(f"{r['seed']:>4}  {acc:>13.2f}  {f1:>10.2f}  {base:>12.2f}  {r['seconds']:>7}")
     (net_m, net_s), (base_m, base_s) = stats("accuracy"), stats("baseline_accuracy")
     print(f"network:  {net_m:.2f} +- {net_s:.2f} % test accuracy (mean +- sd, n={seeds})")
     print(f"baseline: {base_m:.2f} +- {base_s:.2f} % ({baseline_name} on raw pixels, same splits)")
-    print(f"network - baseline: {net_m - base_m:+.2f} points; network ahead on {sum(r['accuracy'] > r['baseline_accuracy'] for r in rows)}/{seeds} seeds")
+    ahead = sum(r["accuracy"] > r["baseline_accuracy"] for r in rows)
+    print(f"network - baseline: {net_m - base_m:+.2f} points; network ahead on {ahead}/{seeds} seeds")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"hardware": hardware(), "seeds": rows,
-                               "network": {"mean": net_m, "sd": net_s}, "baseline": {"mean": base_m, "sd": base_s}}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "hardware": hardware(),
+                "seeds": rows,
+                "network": {"mean": net_m, "sd": net_s},
+                "baseline": {"mean": base_m, "sd": base_s},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

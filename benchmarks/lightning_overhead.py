@@ -19,27 +19,33 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import lightning as L
 import torch
 import typer
 from torch import nn
 
-from benchmarks._common import hardware
-from models.classifier import ArrayBatches, ArrayDataModule, ImageClassifier, load_split, to_model_input
+from lab2prod.dataset import load_split, to_model_input
+from lab2prod.files import read_json
+from lab2prod.machine import describe_machine as hardware
+from lab2prod.settings import load_params
+from models.classifier import ImageClassifier
+from models.data import ArrayBatches, ArrayDataModule
 from models.networks import build_network
-from tasks.artifacts import read_json
+from models.trainer import make_trainer
 from tasks.augment import augment
-from tasks.config import load_params
 from tasks.ingest import ingest
 
 
 def lightning_epoch(spec: dict, data: Path, params) -> float:
     cfg = params.train
-    model = ImageClassifier(spec, lr=cfg.lr, weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing)
+    model = ImageClassifier(
+        build_network(**spec),
+        spec["n_classes"],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing,
+    )
     dm = ArrayDataModule(data / "augmented/train.npz", data / "prepared/val.npz", cfg.batch_size, cfg.seed)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0)
+    trainer = make_trainer(1, accelerator="cpu", enable_progress_bar=False, limit_val_batches=0, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     return time.perf_counter() - start
@@ -67,8 +73,10 @@ def plain_epoch(spec: dict, data: Path, params) -> float:
     return time.perf_counter() - start
 
 
-def main(runs: Annotated[int, typer.Option(help="Counted runs of each.")] = 5,
-         params_file: Annotated[Path, typer.Option("--params", help="Settings file.")] = Path("params.yaml")) -> None:
+def main(
+    runs: Annotated[int, typer.Option(help="Counted runs of each.")] = 5,
+    params_file: Annotated[Path, typer.Option("--params", help="Settings file.")] = Path("params.yaml"),
+) -> None:
     """Time one epoch through Lightning and through a plain loop, alternating."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -79,9 +87,15 @@ def main(runs: Annotated[int, typer.Option(help="Counted runs of each.")] = 5,
         augment(params.augment, data / "prepared", data / "augmented", data / "preview.png")
         meta = read_json(data / "prepared/meta.json")
         h, w, c = meta["image_shape"]
-        spec = {"architecture": params.train.architecture, "in_channels": c, "n_classes": len(meta["classes"]),
-                "width": params.train.width, "dropout": params.train.dropout,
-                "mean": meta["normalization"]["mean"], "std": meta["normalization"]["std"]}
+        spec = {
+            "architecture": params.train.architecture,
+            "in_channels": c,
+            "n_classes": len(meta["classes"]),
+            "width": params.train.width,
+            "dropout": params.train.dropout,
+            "mean": meta["normalization"]["mean"],
+            "std": meta["normalization"]["std"],
+        }
         n_images = len(load_split(data / "augmented/train.npz")[1])
         lightning_epoch(spec, data, params), plain_epoch(spec, data, params)  # warm-up
         pairs = [(lightning_epoch(spec, data, params), plain_epoch(spec, data, params)) for _ in range(runs)]
@@ -89,13 +103,17 @@ def main(runs: Annotated[int, typer.Option(help="Counted runs of each.")] = 5,
     lit, plain = [p[0] for p in pairs], [p[1] for p in pairs]
     ratios = [a / b for a, b in pairs]
     print(f"hardware: {hardware()}")
-    print(f"one epoch: {n_images} images {h}x{w}x{c}, {params.train.architecture} width {params.train.width}, "
-          f"batch {params.train.batch_size}; n = {runs} pairs after 1 warm-up pair")
+    print(
+        f"one epoch: {n_images} images {h}x{w}x{c}, {params.train.architecture} width {params.train.width}, "
+        f"batch {params.train.batch_size}; n = {runs} pairs after 1 warm-up pair"
+    )
     print("run  lightning s  plain s  ratio")
     for i, (a, b) in enumerate(pairs):
         print(f"{i:>3}  {a:>11.3f}  {b:>7.3f}  {a / b:>5.3f}")
-    print(f"median: lightning {statistics.median(lit):.3f} s, plain loop {statistics.median(plain):.3f} s, "
-          f"ratio {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(
+        f"median: lightning {statistics.median(lit):.3f} s, plain loop {statistics.median(plain):.3f} s, "
+        f"ratio {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+    )
 
 
 if __name__ == "__main__":

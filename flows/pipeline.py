@@ -12,7 +12,6 @@ runs, applied to params.yaml (comments kept) and the finished run is saved as a 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -32,13 +31,16 @@ from prefect.states import State
 from ruamel.yaml import YAML
 
 from flows.reports import metrics_snapshot, publish_run_report
-from tasks.config import ConfigError, apply_overrides, set_dotted, validate_params
+from lab2prod.errors import ConfigError, DataError
+from lab2prod.settings import apply_overrides, set_dotted, validate_params
+from lab2prod.storage import is_remote
+from lab2prod.workspace import dvc_command, dvc_env
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Stages whose failures can be passing I/O trouble (a remote source); every other failure is a
 # property of the data, the settings or the code, and a retry would fail the same way.
 IO_STAGES = {"ingest"}
-SETTINGS_OR_DATA_ERROR = 2  # exit code of a stage that rejected its settings or data (tasks/logs.py)
+SETTINGS_OR_DATA_ERROR = DataError.exit_code  # a stage that rejected its settings or data (lab2prod/errors.py)
 
 
 class StageFailed(RuntimeError):
@@ -50,17 +52,18 @@ class StageFailed(RuntimeError):
         self.stage, self.returncode, self.transient = stage, returncode, transient
 
 
-def dvc_env() -> dict[str, str]:
-    """The stage commands say `python -m tasks.<stage>`: make `python` this interpreter."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-
-
 def run_dvc(project: Path, *args: str, log_prefix: str = "") -> tuple[int, list[str]]:
     """Run a DVC command, streaming each line of its output to the run logger. Returns (rc, lines)."""
     logger = get_run_logger()
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project, env=dvc_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        dvc_command(*args),
+        cwd=project,
+        env=dvc_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     lines: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -80,8 +83,9 @@ def stage_order(project: Path) -> list[str]:
         stages = {s: s.addressing for s in graph.nodes}
     declared = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
     run_graph = nx.relabel_nodes(graph.reverse(), stages)
-    return list(nx.lexicographical_topological_sort(run_graph, key=lambda s: f"{declared.index(s):04d}"
-                                                    if s in declared else s))
+    return list(
+        nx.lexicographical_topological_sort(run_graph, key=lambda s: f"{declared.index(s):04d}" if s in declared else s)
+    )
 
 
 def _retry_if_transient(task: Any, task_run: TaskRun, state: State) -> bool:
@@ -156,15 +160,18 @@ def workspace_lock(project: Path, timeout_s: float) -> Iterator[None]:
 
 
 def has_remote(project: Path) -> bool:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=project, env=dvc_env(),
-                          capture_output=True, text=True)
+    proc = subprocess.run(dvc_command("remote", "list"), cwd=project, env=dvc_env(), capture_output=True, text=True)
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
 @flow(name="training-pipeline", log_prints=True)
-def training_pipeline(overrides: dict[str, Any] | None = None, experiment_name: str | None = None,
-                      project_dir: str | None = None, push: bool = True,
-                      lock_timeout_s: float = 6 * 3600) -> dict[str, Any]:
+def training_pipeline(
+    overrides: dict[str, Any] | None = None,
+    experiment_name: str | None = None,
+    project_dir: str | None = None,
+    push: bool = True,
+    lock_timeout_s: float = 6 * 3600,
+) -> dict[str, Any]:
     """Run every dvc.yaml stage in dependency order, each as its own task, through DVC.
 
     Args:
@@ -188,7 +195,7 @@ def training_pipeline(overrides: dict[str, Any] | None = None, experiment_name: 
         if overrides:
             write_overrides(params_file, overrides)
             logger.info("settings for this run: %s", overrides)
-        remote_source = "://" in params.ingest.source and not params.ingest.source.startswith("file://")
+        remote_source = is_remote(params.ingest.source)
         stages = stage_order(project)
         logger.info("stages in order: %s", " -> ".join(stages))
         results = []
@@ -210,4 +217,4 @@ if __name__ == "__main__":
     try:
         training_pipeline()
     except ConfigError as exc:
-        sys.exit(f"invalid settings: {exc}")
+        sys.exit(str(exc))

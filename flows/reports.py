@@ -54,27 +54,39 @@ def metrics_table(evaluate: dict[str, Any]) -> str:
 
 def diff_table(before: dict[str, float], after: dict[str, float]) -> str:
     """Changed metrics only; per-class entries left out to keep it readable."""
-    keys = sorted(k for k in set(before) | set(after)
-                  if ".per_class." not in f".{k}" and before.get(k) != after.get(k))
+    keys = sorted(k for k in set(before) | set(after) if ".per_class." not in f".{k}" and before.get(k) != after.get(k))
     if not keys:
         return "No metric changed since the previous run."
     rows = ["| metric | previous | this run | change |", "|---|---|---|---|"]
     for k in keys:
         old, new = before.get(k), after.get(k)
         change = f"{new - old:+.4g}" if old is not None and new is not None else "new" if old is None else "gone"
-        rows.append(f"| {k} | {'' if old is None else f'{old:.4g}'} | {'' if new is None else f'{new:.4g}'} | {change} |")
+        rows.append(
+            f"| {k} | {'' if old is None else f'{old:.4g}'} | {'' if new is None else f'{new:.4g}'} | {change} |"
+        )
     return "\n".join(rows)
 
 
-def publish_run_report(project: Path, before: dict[str, float], stages: list[dict[str, Any]],
-                       overrides: dict[str, Any], experiment: str | None) -> None:
+def publish_run_report(
+    project: Path,
+    before: dict[str, float],
+    stages: list[dict[str, Any]],
+    overrides: dict[str, Any],
+    experiment: str | None,
+) -> None:
     """Three markdown artifacts on the flow run: metrics, metrics diff, stages and outputs."""
     evaluate_file = project / "metrics/evaluate.json"
     if evaluate_file.exists():
-        create_markdown_artifact(key="lab2prod-metrics", markdown=metrics_table(json.loads(evaluate_file.read_text())),
-                                 description="Test-split metrics of this run's model")
-    create_markdown_artifact(key="lab2prod-metrics-diff", markdown=diff_table(before, metrics_snapshot(project)),
-                             description="Metrics versus the workspace before this run")
+        create_markdown_artifact(
+            key="lab2prod-metrics",
+            markdown=metrics_table(json.loads(evaluate_file.read_text())),
+            description="Test-split metrics of this run's model",
+        )
+    create_markdown_artifact(
+        key="lab2prod-metrics-diff",
+        markdown=diff_table(before, metrics_snapshot(project)),
+        description="Metrics versus the workspace before this run",
+    )
     lines = ["| stage | ran | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {'yes' if s['ran'] else 'skipped (unchanged)'} | {s['seconds']} |" for s in stages]
     lines += ["", f"Settings overridden: `{json.dumps(overrides)}`" if overrides else "", ""]

@@ -11,8 +11,8 @@ New data: images added to `ingest.source` and labelled corrections dropped into 
 becomes champion: the pointer is switched in one rename, at the very end, after every check. The
 run is a Prefect transaction: unless it promotes, its rollback puts the workspace back as it was.
 
-    python -m flows.retrain
-    prefect deployment run 'scheduled-retrain/scheduled-retrain'
+    lab2prod retrain                       # once, now, no deployment needed
+    lab2prod prefect run scheduled-retrain  # through the deployment (a worker must run)
 """
 
 from __future__ import annotations
@@ -29,10 +29,22 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from flows.pipeline import PROJECT_DIR, has_remote, reproduce_stage, run_dvc, training_pipeline, workspace_lock
-from tasks.artifacts import git_commit, read_json
-from tasks.config import ConfigError, load_params
-from tasks.gate import decide, export_problem
-from tasks.registry import champion, deployable_name, local_copy, location, manifest, register, set_champion, versions
+from lab2prod.errors import ConfigError
+from lab2prod.files import read_json
+from lab2prod.gate import decide, export_problem
+from lab2prod.lineage import git_commit
+from lab2prod.registry import (
+    champion,
+    deployable_name,
+    local_copy,
+    location,
+    manifest,
+    register,
+    set_champion,
+    versions,
+)
+from lab2prod.settings import load_params
+from lab2prod.storage import is_remote
 
 SNAPSHOT = Path(".dvc/tmp/lab2prod-snapshot")
 
@@ -86,8 +98,10 @@ def restore_workspace(txn: Transaction) -> None:
     if rc != 0 and has_remote(project):
         rc, lines = run_dvc(project, "pull", "--force", log_prefix="[restore] ")
     if rc != 0:
-        raise RuntimeError("the workspace's files are back, but DVC could not check out every output dvc.lock "
-                           "names (see the lines above); run `dvc pull` or `dvc repro`")
+        raise RuntimeError(
+            "the workspace's files are back, but DVC could not check out every output dvc.lock "
+            "names (see the lines above); run `dvc pull` or `dvc repro`"
+        )
     shutil.rmtree(snap, ignore_errors=True)
     logger.info("workspace restored to its state before this run (dvc.lock, params.yaml, outputs)")
 
@@ -113,29 +127,48 @@ def gate_and_register(project: Path, registry: str, overrides: dict[str, Any]) -
     served = deployable_name(project / "metrics/benchmark.json")
     with tempfile.TemporaryDirectory() as scratch:  # a remote registry's champion file is downloaded
         champion_onnx = local_copy(registry, current["version"], current["onnx"], Path(scratch)) if current else None
-        decision = decide(project / "artifacts/export" / served, champion_onnx, project / "data/prepared/test.npz",
-                          meta["classes"], params.retrain,
-                          checks_failed=export_problem(project / "metrics/export.json", served))
+        decision = decide(
+            project / "artifacts/export" / served,
+            champion_onnx,
+            project / "data/prepared/test.npz",
+            meta["classes"],
+            params.retrain,
+            checks_failed=export_problem(project / "metrics/export.json", served),
+        )
     evaluate = read_json(project / "metrics/evaluate.json")
-    lineage = {"dataset_hash": meta["dataset_hash"], "params_hash": params.section_hash(),
-               "git_commit": git_commit(), "overrides": overrides, "decision": decision.as_dict(),
-               "metrics": {k: evaluate[k] for k in ("accuracy", "f1_macro", "f1_weighted")}}
+    lineage = {
+        "dataset_hash": meta["dataset_hash"],
+        "params_hash": params.section_hash(),
+        "git_commit": git_commit(),
+        "overrides": overrides,
+        "decision": decision.as_dict(),
+        "metrics": {k: evaluate[k] for k in ("accuracy", "f1_macro", "f1_weighted")},
+    }
     version = register(registry, project, lineage, parent=current and current["version"])
     if decision.promote:
         set_champion(registry, version, decision.reason)
         logger.info("PROMOTED %s: %s", version, decision.reason)
     else:
         logger.warning("NOT PROMOTED %s, champion stays %s: %s", version, current["version"], decision.reason)
-    return {"version": version, "promoted": decision.promote, "reason": decision.reason, "served": served,
-            "champion": champion(registry)["version"], "previous_champion": current and current["version"],
-            "scores": decision.scores}
+    return {
+        "version": version,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "served": served,
+        "champion": champion(registry)["version"],
+        "previous_champion": current and current["version"],
+        "scores": decision.scores,
+    }
 
 
 def _report_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """Failure and crash hook: say plainly that nothing was promoted, and what became of the workspace."""
-    workspace = ("The workspace was put back as the run found it." if state.is_failed() else
-                 "The run was stopped before it could restore the workspace; the next run starts from it "
-                 "(and resumes training from its last checkpoint).")
+    workspace = (
+        "The workspace was put back as the run found it."
+        if state.is_failed()
+        else "The run was stopped before it could restore the workspace; the next run starts from it "
+        "(and resumes training from its last checkpoint)."
+    )
     markdown = f"## Retraining failed\n\n{state.message}\n\nThe champion is unchanged. {workspace}"
     create_markdown_artifact(key="lab2prod-retrain-decision", markdown=markdown, description="Retraining decision")
 
@@ -144,27 +177,38 @@ def _decision_report(result: dict[str, Any]) -> str:
     """The verdict, its reason, and both models' metrics on the same new test split, side by side."""
     verdict = "PROMOTED" if result["promoted"] else "NOT PROMOTED"
     new, old = result["scores"]["challenger"], result["scores"].get("champion")
-    lines = [f"## {verdict}: {result['version']}", "", result["reason"], "",
-             f"Both models' served files on the new test split (challenger: `{result['served']}`).", ""]
+    lines = [
+        f"## {verdict}: {result['version']}",
+        "",
+        result["reason"],
+        "",
+        f"Both models' served files on the new test split (challenger: `{result['served']}`).",
+        "",
+    ]
     if old is None:
         lines += ["| metric | challenger |", "|---|---|"]
         lines += [f"| {k} | {100 * v:.2f} % |" for k, v in new.items()]
     else:
-        lines += [f"| metric | champion {result['previous_champion']} | challenger {result['version']} | change |",
-                  "|---|---|---|---|"]
+        lines += [
+            f"| metric | champion {result['previous_champion']} | challenger {result['version']} | change |",
+            "|---|---|---|---|",
+        ]
         changed = [k for k in new if k in ("accuracy", "f1_macro") or new[k] != old[k]]
-        lines += [f"| {k} | {100 * old[k]:.2f} % | {100 * new[k]:.2f} % | {100 * (new[k] - old[k]):+.2f} pt |"
-                  for k in changed]
+        lines += [
+            f"| {k} | {100 * old[k]:.2f} % | {100 * new[k]:.2f} % | {100 * (new[k] - old[k]):+.2f} pt |"
+            for k in changed
+        ]
         if len(changed) < len(new):
             others = len(new) - len(changed)
             lines.append(f"| recall of {others} other class{'es' if others > 1 else ''} | unchanged | unchanged | |")
-    lines += ["", f"Champion now: **{result['champion']}**. Roll back with `python -m tasks.registry rollback`."]
+    lines += ["", f"Champion now: **{result['champion']}**. Roll back with `lab2prod registry rollback`."]
     return "\n".join(lines)
 
 
 @flow(name="scheduled-retrain", on_failure=[_report_failure], on_crashed=[_report_failure])
-def scheduled_retrain(overrides: dict[str, Any] | None = None, project_dir: str | None = None,
-                      lock_timeout_s: float = 6 * 3600) -> dict[str, Any]:
+def scheduled_retrain(
+    overrides: dict[str, Any] | None = None, project_dir: str | None = None, lock_timeout_s: float = 6 * 3600
+) -> dict[str, Any]:
     """Retrain on new data; promote the challenger only if it beats the champion.
 
     Unless a new champion is promoted, the run leaves the workspace as it found it (a Prefect
@@ -185,15 +229,20 @@ def scheduled_retrain(overrides: dict[str, Any] | None = None, project_dir: str 
         current = champion(registry)
         # Sources live outside DVC's view (folders, buckets): ingest always re-runs; on the same
         # content its outputs are byte-identical and DVC skips everything downstream anyway.
-        reproduce_stage(project, "ingest", remote_source="://" in params.ingest.source, force=True)
+        reproduce_stage(project, "ingest", remote_source=is_remote(params.ingest.source), force=True)
         dataset_hash = read_json(project / "data/prepared/meta.json")["dataset_hash"]
         seen = {manifest(registry, v)["lineage"].get("dataset_hash") for v in versions(registry)}
         if current and dataset_hash in seen and not overrides:
-            message = (f"No new data: dataset {dataset_hash[:12]} was already trained on (champion "
-                       f"{current['version']}). Nothing trained, champion unchanged.")
+            message = (
+                f"No new data: dataset {dataset_hash[:12]} was already trained on (champion "
+                f"{current['version']}). Nothing trained, champion unchanged."
+            )
             logger.info(message)
-            create_markdown_artifact(key="lab2prod-retrain-decision", markdown=f"## No new data\n\n{message}",
-                                     description="Retraining decision")
+            create_markdown_artifact(
+                key="lab2prod-retrain-decision",
+                markdown=f"## No new data\n\n{message}",
+                description="Retraining decision",
+            )
             _put_back(txn)
             return {"decision": "no new data", "champion": current["version"]}
 
@@ -201,8 +250,9 @@ def scheduled_retrain(overrides: dict[str, Any] | None = None, project_dir: str 
         result = gate_and_register(project, registry, dict(overrides or {}))
         if not result["promoted"]:
             _put_back(txn)
-    create_markdown_artifact(key="lab2prod-retrain-decision", markdown=_decision_report(result),
-                             description="Retraining decision")
+    create_markdown_artifact(
+        key="lab2prod-retrain-decision", markdown=_decision_report(result), description="Retraining decision"
+    )
     return {"decision": "promoted" if result["promoted"] else "rejected", **result}
 
 
@@ -210,4 +260,4 @@ if __name__ == "__main__":
     try:
         sys.stdout.write(json.dumps(scheduled_retrain(), indent=2) + "\n")
     except ConfigError as exc:
-        sys.exit(f"invalid settings: {exc}")
+        sys.exit(str(exc))

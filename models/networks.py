@@ -1,4 +1,4 @@
-"""Image classification networks, and the weights-only model file every later stage loads.
+"""Image classification networks, built by name from a spec (the arguments of `build_network`).
 
 Every network takes float32 NCHW pixels in [0, 1] and starts with its own normalisation layer, so
 the exported ONNX model needs no preprocessing beyond `pixel / 255`.
@@ -6,13 +6,8 @@ the exported ONNX model needs no preprocessing beyond `pixel / 255`.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
-
-from tasks.artifacts import atomic_file
 
 
 class Normalize(nn.Module):
@@ -42,11 +37,17 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            conv_bn(in_channels, w), conv_bn(w, w), nn.MaxPool2d(2),
-            conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+            conv_bn(in_channels, w),
+            conv_bn(w, w),
+            nn.MaxPool2d(2),
+            conv_bn(w, 2 * w),
+            conv_bn(2 * w, 2 * w),
+            nn.MaxPool2d(2),
             conv_bn(2 * w, 4 * w),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -63,7 +64,8 @@ class BasicBlock(nn.Module):
             nn.BatchNorm2d(c_out),
         )
         self.shortcut = (
-            nn.Identity() if stride == 1 and c_in == c_out
+            nn.Identity()
+            if stride == 1 and c_in == c_out
             else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
         )
         self.act = nn.ReLU(inplace=True)
@@ -80,11 +82,16 @@ class ResNet(nn.Module):
         w = width
         self.features = nn.Sequential(
             conv_bn(in_channels, w),
-            BasicBlock(w, w, 1), BasicBlock(w, w, 1),
-            BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w, 1),
-            BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w, 1),
+            BasicBlock(w, w, 1),
+            BasicBlock(w, w, 1),
+            BasicBlock(w, 2 * w, 2),
+            BasicBlock(2 * w, 2 * w, 1),
+            BasicBlock(2 * w, 4 * w, 2),
+            BasicBlock(4 * w, 4 * w, 1),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -93,57 +100,12 @@ class ResNet(nn.Module):
 ARCHITECTURES: dict[str, type[nn.Module]] = {"small_cnn": SmallCNN, "resnet": ResNet}
 
 
-def build_network(architecture: str, in_channels: int, n_classes: int, width: int, dropout: float,
-                  mean: list[float], std: list[float]) -> nn.Sequential:
+def build_network(
+    architecture: str, in_channels: int, n_classes: int, width: int, dropout: float, mean: list[float], std: list[float]
+) -> nn.Sequential:
     """Normalisation followed by the named network body."""
     body = ARCHITECTURES[architecture](in_channels, n_classes, width, dropout)
     return nn.Sequential(Normalize(mean, std), body)
-
-
-def save_model_file(path: Path | str, net: nn.Module, spec: dict[str, Any], info: dict[str, Any]) -> None:
-    """Weights-only model file: tensors plus plain data, loadable with `torch.load(weights_only=True)`.
-
-    `spec` holds build_network's arguments; `info` classes, input shape and lineage.
-    """
-    payload = {"format": "lab2prod-model/1", "spec": spec, "info": info,
-               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
-    with atomic_file(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def fit_shapes_to(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Resize conv / batch-norm / linear layers to the shapes in `state_dict`.
-
-    A structurally pruned network has fewer channels than its architecture's defaults; its model
-    file stays weights-only (no pickled modules) because the shapes are read back from the tensors.
-    """
-    for name, module in net.named_modules():
-        weight = state_dict.get(f"{name}.weight" if name else "weight")
-        if weight is None:
-            continue
-        if isinstance(module, nn.Conv2d):
-            module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
-        elif isinstance(module, nn.BatchNorm2d):
-            module.num_features = weight.shape[0]
-        elif isinstance(module, nn.Linear):
-            module.out_features, module.in_features = weight.shape
-        else:
-            continue
-        for attr in ("weight", "bias"):
-            if getattr(module, attr, None) is not None:
-                setattr(module, attr, nn.Parameter(torch.empty_like(state_dict[f"{name}.{attr}"])))
-        for buf in ("running_mean", "running_var"):
-            if getattr(module, buf, None) is not None:
-                setattr(module, buf, torch.empty_like(state_dict[f"{name}.{buf}"]))
-    return net
-
-
-def load_model_file(path: Path | str) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Rebuild the network from a model file (safe: weights_only=True). Returns (net in eval mode, info)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    net = fit_shapes_to(build_network(**payload["spec"]), payload["state_dict"])
-    net.load_state_dict(payload["state_dict"])
-    return net.eval(), payload["info"]
 
 
 def count_macs_and_params(net: nn.Module, image_shape: list[int]) -> tuple[int, int]:

@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import typer  # noqa: E402
 
-from tasks.artifacts import atomic_dir, atomic_file  # noqa: E402
-from tasks.config import AugmentConfig, load_params  # noqa: E402
-from tasks.logs import stage_entry  # noqa: E402
+from lab2prod.console import stage_entry  # noqa: E402
+from lab2prod.files import atomic_dir, atomic_file  # noqa: E402
+from lab2prod.settings import AugmentConfig, load_params  # noqa: E402
 
 log = logging.getLogger("tasks.augment")  # not __name__: that is __main__ under python -m
 
@@ -64,7 +64,7 @@ def augment_images(images: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
     with torch.no_grad():
         for _ in range(cfg.copies):
             for start in range(0, len(images), BATCH):
-                chunk = torch.from_numpy(images[start:start + BATCH]).permute(0, 3, 1, 2).float() / 255.0
+                chunk = torch.from_numpy(images[start : start + BATCH]).permute(0, 3, 1, 2).float() / 255.0
                 moved = augmenter(chunk).clamp(0.0, 1.0)
                 out.append((moved * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
@@ -80,8 +80,9 @@ def save_preview(originals: np.ndarray, copies: np.ndarray, n_copies: int, path:
         row = [originals[r]] + [copies[c * n + r] for c in range(shown)]
         for c, img in enumerate(row):
             ax = axes[r, c]
-            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255,
-                      interpolation="nearest")
+            ax.imshow(
+                img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255, interpolation="nearest"
+            )
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title("original" if c == 0 else f"copy {c}", fontsize=8)
@@ -91,8 +92,7 @@ def save_preview(originals: np.ndarray, copies: np.ndarray, n_copies: int, path:
     plt.close(fig)
 
 
-def augment(cfg: AugmentConfig, prepared: Path = PREPARED, out_dir: Path = OUT_DIR,
-            preview: Path = PREVIEW) -> dict:
+def augment(cfg: AugmentConfig, prepared: Path = PREPARED, out_dir: Path = OUT_DIR, preview: Path = PREVIEW) -> dict:
     """Write the augmented training set and its preview. Returns the stage summary."""
     with np.load(prepared / "train.npz") as split:
         x, y = split["x"], split["y"]

@@ -18,19 +18,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import typer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classification_report, confusion_matrix, f1_score  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
-from models.classifier import load_split, to_model_input  # noqa: E402
-from models.networks import load_model_file  # noqa: E402
-from tasks.artifacts import atomic_file, write_json  # noqa: E402
-from tasks.config import EvaluateConfig, load_params  # noqa: E402
-from tasks.logs import stage_entry  # noqa: E402
+from lab2prod.console import stage_entry  # noqa: E402
+from lab2prod.dataset import load_split  # noqa: E402
+from lab2prod.files import atomic_file, write_json  # noqa: E402
+from lab2prod.metrics import classification_metrics, torch_top1  # noqa: E402
+from lab2prod.settings import EvaluateConfig, load_params  # noqa: E402
+from models.model_file import load_model_file  # noqa: E402
 
 log = logging.getLogger("tasks.evaluate")  # not __name__: that is __main__ under python -m
 
@@ -39,29 +39,6 @@ MODEL = Path("artifacts/train/model.pt")
 METRICS = Path("metrics/evaluate.json")
 PREDICTIONS = Path("metrics/evaluate/predictions.csv")
 CONFUSION_PNG = Path("plots/confusion_matrix.png")
-
-
-@torch.no_grad()
-def predict(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Top-1 class indices for uint8 NHWC images."""
-    out = [net(to_model_input(images[i:i + batch_size])).argmax(1) for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, macro and weighted P/R/F1, and per-class P/R/F1/support (scikit-learn's definitions)."""
-    report = classification_report(y_true, y_pred, labels=range(len(classes)), target_names=classes,
-                                   output_dict=True, zero_division=0)
-    metrics: dict = {"accuracy": accuracy_score(y_true, y_pred)}
-    for avg in ("macro", "weighted"):
-        for k in ("precision", "recall", "f1-score"):
-            metrics[f"{k.replace('-score', '')}_{avg}"] = report[f"{avg} avg"][k]
-    metrics["per_class"] = {
-        c: {"precision": report[c]["precision"], "recall": report[c]["recall"], "f1": report[c]["f1-score"],
-            "support": int(report[c]["support"])}
-        for c in classes
-    }
-    return metrics
 
 
 def fit_baseline(cfg: EvaluateConfig, x_train: np.ndarray, y_train: np.ndarray):
@@ -78,12 +55,13 @@ def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], c
     with atomic_file(csv_path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["actual", "predicted"])
-        writer.writerows((classes[a], classes[p]) for a, p in zip(y_true, y_pred))
+        writer.writerows((classes[a], classes[p]) for a, p in zip(y_true, y_pred, strict=True))
     cm = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
     size = max(4.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(cm, display_labels=classes).plot(ax=ax, cmap="Blues", colorbar=False,
-                                                            xticks_rotation=45 if len(classes) > 10 else 0)
+    ConfusionMatrixDisplay(cm, display_labels=classes).plot(
+        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if len(classes) > 10 else 0
+    )
     ax.set_title(f"test split: {int(np.trace(cm))}/{int(cm.sum())} correct")
     fig.tight_layout()
     with atomic_file(png_path) as tmp:
@@ -91,14 +69,20 @@ def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], c
     plt.close(fig)
 
 
-def evaluate(cfg: EvaluateConfig, prepared: Path = PREPARED, model_file: Path = MODEL, metrics_file: Path = METRICS,
-             predictions_csv: Path = PREDICTIONS, confusion_png: Path = CONFUSION_PNG) -> dict:
+def evaluate(
+    cfg: EvaluateConfig,
+    prepared: Path = PREPARED,
+    model_file: Path = MODEL,
+    metrics_file: Path = METRICS,
+    predictions_csv: Path = PREDICTIONS,
+    confusion_png: Path = CONFUSION_PNG,
+) -> dict:
     """Score the model (and the baseline) on the test split; write metrics and plots. Returns the metrics."""
     net, info = load_model_file(model_file)
     classes = info["classes"]
     x_test, y_test = load_split(prepared / "test.npz")
     y_true = y_test.numpy()
-    y_pred = predict(net, x_test)
+    y_pred = torch_top1(net, x_test)
     metrics = classification_metrics(y_true, y_pred, classes)
     metrics["n_test"] = int(len(y_true))
 
@@ -106,13 +90,18 @@ def evaluate(cfg: EvaluateConfig, prepared: Path = PREPARED, model_file: Path = 
         with np.load(prepared / "train.npz") as train:
             baseline = fit_baseline(cfg, train["x"], train["y"])
         y_base = baseline.predict(x_test.numpy().reshape(len(y_true), -1).astype(np.float64) / 255.0)
-        metrics["baseline"] = {"model": cfg.baseline, "accuracy": accuracy_score(y_true, y_base),
-                               "f1_macro": f1_score(y_true, y_base, average="macro")}
+        metrics["baseline"] = {
+            "model": cfg.baseline,
+            "accuracy": accuracy_score(y_true, y_base),
+            "f1_macro": f1_score(y_true, y_base, average="macro"),
+        }
     metrics["lineage"] = info["lineage"]
     save_confusion(y_true, y_pred, classes, predictions_csv, confusion_png)
     write_json(metrics_file, metrics)
 
-    line = f"evaluate: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} on {len(y_true)} test images"
+    line = (
+        f"evaluate: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} on {len(y_true)} test images"
+    )
     if "baseline" in metrics:
         line += f"; {cfg.baseline} baseline accuracy {metrics['baseline']['accuracy']:.4f}"
     log.info(line)

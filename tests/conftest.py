@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tasks.config import Params, validate_params
+from lab2prod.settings import Params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +26,14 @@ TINY = {
     "evaluate": {"baseline": "logistic", "baseline_c": 1.0},
     # Generous gates: two-epoch tiny models are not what the thresholds are for; every variant's
     # path gets exercised. Rejection is tested on its own with the real thresholds.
-    "compress": {"max_accuracy_drop": 100, "max_f1_drop": 100,
-                 "prune": {"finetune_epochs": 1, "round_to": 1}, "sparse": {"finetune_epochs": 1},
-                 "int8": {"calibration_images": 64, "min_top1_agreement": 0.5},
-                 "distill": {"epochs": 1, "student_width": 4}},
+    "compress": {
+        "max_accuracy_drop": 100,
+        "max_f1_drop": 100,
+        "prune": {"finetune_epochs": 1, "round_to": 1},
+        "sparse": {"finetune_epochs": 1},
+        "int8": {"calibration_images": 64, "min_top1_agreement": 0.5},
+        "distill": {"epochs": 1, "student_width": 4},
+    },
     "export": {"benchmark_calls": 20, "benchmark_batch": 8, "benchmark_batch_calls": 5},
 }
 
@@ -55,10 +59,14 @@ def digit_png(index: int, size: int = 8) -> Image.Image:
 
 def bomb_png() -> bytes:
     """A tiny, valid-looking PNG that claims 100000 x 100000 pixels: a decompression bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -98,16 +106,36 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     d = tmp_path_factory.mktemp("run")
     params = validate_params(TINY)
-    p = {"prepared": d / "prepared", "augmented": d / "augmented", "train": d / "train",
-         "model": d / "train/model.pt", "metrics": d / "evaluate.json", "csv": d / "predictions.csv",
-         "png": d / "confusion.png", "compressed": d / "compress", "compress_metrics": d / "compress.json",
-         "export": d / "export", "onnx": d / "export/model.onnx", "export_metrics": d / "export.json",
-         "benchmark": d / "benchmark.json", "dir": d}
+    p = {
+        "prepared": d / "prepared",
+        "augmented": d / "augmented",
+        "train": d / "train",
+        "model": d / "train/model.pt",
+        "metrics": d / "evaluate.json",
+        "csv": d / "predictions.csv",
+        "png": d / "confusion.png",
+        "compressed": d / "compress",
+        "compress_metrics": d / "compress.json",
+        "export": d / "export",
+        "onnx": d / "export/model.onnx",
+        "export_metrics": d / "export.json",
+        "benchmark": d / "benchmark.json",
+        "dir": d,
+    }
     ingest(params.ingest, p["prepared"])
     augment(params.augment, p["prepared"], p["augmented"], d / "preview.png")
     train(params, p["prepared"], p["augmented"], p["train"], d / "dvclive")
     evaluate(params.evaluate, p["prepared"], p["model"], p["metrics"], p["csv"], p["png"])
     compress(params, p["prepared"], p["augmented"], p["model"], p["compressed"], p["compress_metrics"])
-    export(params, p["prepared"], p["model"], p["compressed"], p["compress_metrics"], p["metrics"], p["export"],
-           p["export_metrics"], p["benchmark"])
+    export(
+        params,
+        p["prepared"],
+        p["model"],
+        p["compressed"],
+        p["compress_metrics"],
+        p["metrics"],
+        p["export"],
+        p["export_metrics"],
+        p["benchmark"],
+    )
     return p

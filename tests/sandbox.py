@@ -10,23 +10,38 @@ from pathlib import Path
 
 import yaml
 
-from tasks.config import validate_params
+from lab2prod.settings import validate_params
 from tests.conftest import ROOT, TINY
 
-PROJECT_FILES = ["tasks", "models", "flows", "dvc.yaml", "params.yaml", "prefect.yaml", ".dvc/config",
-                 ".dvcignore", ".gitignore"]
+PROJECT_FILES = [
+    "lab2prod",
+    "tasks",
+    "models",
+    "flows",
+    "dvc.yaml",
+    "params.yaml",
+    "prefect.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 
 
 def project_env(repo: Path, **extra: str) -> dict[str, str]:
     """This venv first on PATH (stage commands say `python`), the sandbox importable, no analytics."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo), **extra}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(repo),
+        **extra,
+    }
 
 
-def sh(repo: Path, *cmd: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
-       ) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=repo, env=env or project_env(repo), capture_output=True, text=True,
-                          timeout=timeout)
+def sh(
+    repo: Path, *cmd: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=repo, env=env or project_env(repo), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lab2prod.settings import validate_params
 from tasks.augment import augment, augment_images
-from tasks.config import validate_params
 from tasks.ingest import ingest
 from tests.conftest import TINY
 

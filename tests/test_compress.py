@@ -11,10 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from models.classifier import ArrayDataModule, DistillationModule
-from models.networks import count_macs_and_params, load_model_file
-from tasks.compress import compress, finetune, judge
-from tasks.config import validate_params
+from lab2prod.compression import judge
+from lab2prod.settings import validate_params
+from models.classifier import DistillationModule
+from models.data import ArrayDataModule
+from models.model_file import load_model_file
+from models.networks import build_network, count_macs_and_params
+from tasks.compress import compress, finetune
 from tasks.export import export
 from tests.conftest import TINY
 
@@ -63,9 +66,10 @@ def test_student_is_narrower_and_distillation_leaves_the_teacher_alone(tiny_run:
 
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     spec = torch.load(tiny_run["model"], weights_only=True)["spec"]
-    module = DistillationModule({**spec, "width": 4}, teacher, lr=0.01, weight_decay=0.0, temperature=4.0, alpha=0.7)
+    student = build_network(**{**spec, "width": 4})
+    module = DistillationModule(student, teacher, 10, lr=0.01, weight_decay=0.0, temperature=4.0, alpha=0.7)
     data = ArrayDataModule(tiny_run["augmented"] / "train.npz", tiny_run["prepared"] / "val.npz", 256, 0)
-    finetune(module.net, spec, data, epochs=1, lr=0.01, weight_decay=0.0, module=module)
+    finetune(module, data, epochs=1, seed=0)
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running stats unchanged
 
@@ -99,16 +103,39 @@ TINY_ATOL = validate_params(TINY).export.atol
 
 
 def test_absurd_pruning_is_rejected_and_not_exported(tiny_run: dict[str, Path], tmp_path: Path) -> None:
-    params = validate_params({**TINY, "compress": {"prune": {"target_macs": 0.02, "finetune_epochs": 0},
-                                                   "sparse": {"enabled": False}, "int8": {"enabled": False},
-                                                   "distill": {"enabled": False}}})
-    metrics = compress(params, tiny_run["prepared"], tiny_run["augmented"], tiny_run["model"], tmp_path / "compress",
-                       tmp_path / "compress.json")
+    params = validate_params(
+        {
+            **TINY,
+            "compress": {
+                "prune": {"target_macs": 0.02, "finetune_epochs": 0},
+                "sparse": {"enabled": False},
+                "int8": {"enabled": False},
+                "distill": {"enabled": False},
+            },
+        }
+    )
+    metrics = compress(
+        params,
+        tiny_run["prepared"],
+        tiny_run["augmented"],
+        tiny_run["model"],
+        tmp_path / "compress",
+        tmp_path / "compress.json",
+    )
     pruned = metrics["variants"]["pruned"]
     assert not pruned["accepted"] and "compress.max_accuracy_drop" in pruned["reason"] and pruned["file"] is None
     assert not (tmp_path / "compress/pruned.pt").exists()
-    export(params, tiny_run["prepared"], tiny_run["model"], tmp_path / "compress", tmp_path / "compress.json",
-           tiny_run["metrics"], tmp_path / "export", tmp_path / "export.json", tmp_path / "benchmark.json")
+    export(
+        params,
+        tiny_run["prepared"],
+        tiny_run["model"],
+        tmp_path / "compress",
+        tmp_path / "compress.json",
+        tiny_run["metrics"],
+        tmp_path / "export",
+        tmp_path / "export.json",
+        tmp_path / "benchmark.json",
+    )
     assert sorted(p.name for p in (tmp_path / "export").glob("*.onnx")) == ["model.onnx"]
     assert "pruned" in json.loads((tmp_path / "benchmark.json").read_text())["rejected"]
     assert "pruned: accuracy drops" in (tmp_path / "export/model_card.md").read_text()
@@ -118,14 +145,10 @@ def test_judge_applies_each_threshold() -> None:
     cfg = validate_params({}).compress
     fp32 = {"accuracy": 0.99, "f1_macro": 0.99}
     ok = {"accuracy": 0.987, "f1_macro": 0.988}
-    judge(ok, fp32, cfg)
-    assert ok["accepted"]
-    worse = {"accuracy": 0.98, "f1_macro": 0.99}
-    judge(worse, fp32, cfg)
+    assert judge(ok, fp32, cfg)["accepted"] and "accepted" not in ok  # a verdict, the variant untouched
+    worse = judge({"accuracy": 0.98, "f1_macro": 0.99}, fp32, cfg)
     assert not worse["accepted"] and "accuracy drops 1.00 points" in worse["reason"]
-    short_of_target = {"accuracy": 0.99, "f1_macro": 0.99, "macs_vs_fp32": 0.6, "macs_target": 0.5}
-    judge(short_of_target, fp32, cfg)
+    short_of_target = judge({"accuracy": 0.99, "f1_macro": 0.99, "macs_vs_fp32": 0.6, "macs_target": 0.5}, fp32, cfg)
     assert not short_of_target["accepted"] and "prune.target_macs" in short_of_target["reason"]
-    disagreeing = {"accuracy": 0.99, "f1_macro": 0.99, "top1_agreement_with_fp32": 0.95}
-    judge(disagreeing, fp32, cfg)
+    disagreeing = judge({"accuracy": 0.99, "f1_macro": 0.99, "top1_agreement_with_fp32": 0.95}, fp32, cfg)
     assert not disagreeing["accepted"] and "min_top1_agreement" in disagreeing["reason"]

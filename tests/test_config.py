@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError, Params, apply_overrides, load_params, validate_params
+from lab2prod.errors import ConfigError
+from lab2prod.settings import Params, apply_overrides, load_params, validate_params
 from tests.conftest import ROOT
 
 
@@ -38,8 +39,14 @@ def test_unknown_section_is_rejected(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("section", "key", "value"),
-    [("train", "epochs", "many"), ("train", "lr", -1.0), ("ingest", "channels", 2),
-     ("augment", "copies", -1), ("ingest", "test_fraction", 1.5), ("train", "architecture", "vgg")],
+    [
+        ("train", "epochs", "many"),
+        ("train", "lr", -1.0),
+        ("ingest", "channels", 2),
+        ("augment", "copies", -1),
+        ("ingest", "test_fraction", 1.5),
+        ("train", "architecture", "vgg"),
+    ],
 )
 def test_wrong_type_or_range_names_key_and_value(tmp_path: Path, section: str, key: str, value: object) -> None:
     with pytest.raises(ConfigError) as err:

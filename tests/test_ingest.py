@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import validate_params
-from tasks.ingest import BadImage, decode_image, ingest
-from tasks.logs import DataError
+from lab2prod.errors import DataError
+from lab2prod.images import BadImage, decode_image
+from lab2prod.settings import validate_params
+from tasks.ingest import ingest
 from tests.conftest import TINY, digit_png
 
 
@@ -57,8 +58,12 @@ def test_broken_files_are_quarantined_with_reasons_and_the_rest_used(tmp_path: P
     summary = ingest(cfg(source=str(image_folder), image_size=16, min_images_per_class=5), out)
     report = json.loads((out / "quarantine" / "report.json").read_text())
     reasons = {Path(r["path"]).name: r["reason"] for r in report["files"]}
-    assert reasons == {"truncated.png": "truncated", "notes.jpg": "not_an_image",
-                       "empty.png": "empty_file", "bomb.png": "decompression_bomb"}
+    assert reasons == {
+        "truncated.png": "truncated",
+        "notes.jpg": "not_an_image",
+        "empty.png": "empty_file",
+        "bomb.png": "decompression_bomb",
+    }
     assert summary["quarantined"] == {"truncated": 1, "not_an_image": 1, "empty_file": 1, "decompression_bomb": 1}
     # the rejected files are kept for inspection, byte for byte
     assert (out / "quarantine/files/digit_0/notes.jpg").read_text() == "this is not an image\n"
@@ -115,6 +120,7 @@ def test_files_outside_class_folders_and_other_suffixes_are_reported(tmp_path: P
 
 def test_decode_image_converts_and_resizes() -> None:
     import io
+
     buf = io.BytesIO()
     digit_png(5, 20).convert("RGB").save(buf, format="WEBP")
     arr = decode_image(buf.getvalue(), size=12, channels=3, max_pixels=10_000)

@@ -14,10 +14,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from sklearn.metrics import classification_report
 
-from models.classifier import load_split, to_model_input
-from models.networks import build_network, load_model_file
-from tasks.config import validate_params
-from tasks.export import ParityError, export
+from lab2prod.dataset import load_split, to_model_input
+from lab2prod.errors import ParityError
+from lab2prod.settings import validate_params
+from models.model_file import load_model_file
+from models.networks import build_network
+from tasks.export import export
 from tasks.train import checkpoint_to_resume, train
 from tests.conftest import TINY
 
@@ -93,8 +95,17 @@ def test_export_refuses_a_model_that_does_not_match(run: dict[str, Path], tmp_pa
     impossible = validate_params({**TINY, "export": {**TINY["export"], "atol": 1e-30}})
     target = tmp_path / "export"
     with pytest.raises(ParityError, match="export.atol"):
-        export(impossible, run["prepared"], run["model"], run["compressed"], run["compress_metrics"], run["metrics"],
-               target, tmp_path / "export.json", tmp_path / "benchmark.json")
+        export(
+            impossible,
+            run["prepared"],
+            run["model"],
+            run["compressed"],
+            run["compress_metrics"],
+            run["metrics"],
+            target,
+            tmp_path / "export.json",
+            tmp_path / "benchmark.json",
+        )
     assert not list(tmp_path.iterdir())  # no file, no temp dir left behind
 
 
@@ -103,7 +114,7 @@ def test_predictions_do_not_depend_on_batch_composition(run: dict[str, Path]) ->
     x, _ = load_split(run["prepared"] / "test.npz")
     with torch.no_grad():
         whole = net(to_model_input(x[:32]))
-        one_by_one = torch.cat([net(to_model_input(x[i:i + 1])) for i in range(32)])
+        one_by_one = torch.cat([net(to_model_input(x[i : i + 1])) for i in range(32)])
     torch.testing.assert_close(whole, one_by_one, atol=1e-5, rtol=1e-5)
 
 
@@ -115,6 +126,7 @@ def test_networks_handle_sizes_and_channels(architecture: str) -> None:
 
 
 # --- resume after a kill ---------------------------------------------------------------------
+
 
 def fake_checkpoint(path: Path) -> None:
     with zipfile.ZipFile(path, "w") as archive:
@@ -153,7 +165,14 @@ def test_train_resumes_from_last_checkpoint(tmp_path: Path, run: dict[str, Path]
     params = validate_params({**TINY, "train": {**TINY["train"], "epochs": 3}})
     out = tmp_path / "train"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(params, run["prepared"], run["augmented"], out, tmp_path / "live", trainer_overrides={"callbacks": [Crash()]})
+        train(
+            params,
+            run["prepared"],
+            run["augmented"],
+            out,
+            tmp_path / "live",
+            trainer_overrides={"callbacks": [Crash()]},
+        )
     assert not (out / "model.pt").exists() and (out / "checkpoints/last.ckpt").exists()
     second = train(params, run["prepared"], run["augmented"], out, tmp_path / "live")
     assert second["epochs"] == 3

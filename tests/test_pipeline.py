@@ -25,8 +25,14 @@ def repo(tmp_path: Path) -> Path:
 def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> None:
     first = sh(repo, "dvc", "repro")
     assert stages_run(first.stdout) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
-    for out in ("data/prepared/meta.json", "data/augmented/train.npz", "artifacts/train/model.pt",
-                "metrics/evaluate.json", "plots/confusion_matrix.png", "artifacts/export/model.onnx"):
+    for out in (
+        "data/prepared/meta.json",
+        "data/augmented/train.npz",
+        "artifacts/train/model.pt",
+        "metrics/evaluate.json",
+        "plots/confusion_matrix.png",
+        "artifacts/export/model.onnx",
+    ):
         assert (repo / out).stat().st_size > 0, out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
@@ -59,8 +65,9 @@ def test_bad_params_stop_the_run_naming_the_key_and_leave_nothing(repo: Path) ->
 
 
 def test_broken_images_are_quarantined_through_the_pipeline(repo: Path, image_folder: Path) -> None:
-    write_params(repo, {"ingest": {"source": str(image_folder), "image_size": 16},
-                        "export": {"parity_batch_sizes": [1, 3]}})
+    write_params(
+        repo, {"ingest": {"source": str(image_folder), "image_size": 16}, "export": {"parity_batch_sizes": [1, 3]}}
+    )
     sh(repo, "dvc", "repro")
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     assert meta["quarantined"] == {"truncated": 1, "not_an_image": 1, "empty_file": 1, "decompression_bomb": 1}
@@ -71,8 +78,14 @@ def test_broken_images_are_quarantined_through_the_pipeline(repo: Path, image_fo
 def test_kill_9_during_training_then_repro_resumes_and_completes(repo: Path) -> None:
     write_params(repo, {"train": {"epochs": 60, "patience": 100}})
     sh(repo, "dvc", "repro", "augment")
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=project_env(repo), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=repo,
+        env=project_env(repo),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = repo / "artifacts/train/checkpoints/last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and time.monotonic() < deadline and proc.poll() is None:

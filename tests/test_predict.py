@@ -1,4 +1,4 @@
-"""Prediction from an exported ONNX file: what `ingest` would decode, what ONNX Runtime answers, every bad file named."""
+"""Prediction from an exported ONNX file: what ingest would decode, what ONNX Runtime answers, every bad file named."""
 
 from __future__ import annotations
 
@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.export import onnx_predictions
-from tasks.ingest import decode_image
-from tasks.predict import Classifier, classify, image_files
+from lab2prod.images import decode_image
+from lab2prod.onnx_model import onnx_top1
+from lab2prod.predict import Classifier, classify, image_files
 
-BROKEN = {"truncated.png": "truncated", "notes.jpg": "not_an_image", "empty.png": "empty_file",
-          "bomb.png": "decompression_bomb"}
+BROKEN = {
+    "truncated.png": "truncated",
+    "notes.jpg": "not_an_image",
+    "empty.png": "empty_file",
+    "bomb.png": "decompression_bomb",
+}
 
 
 def test_every_file_gets_its_class_or_its_reason(tiny_run: dict[str, Path], image_folder: Path) -> None:
@@ -35,15 +39,19 @@ def test_every_file_gets_its_class_or_its_reason(tiny_run: dict[str, Path], imag
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     # the same top-1 as the ONNX file gives images decoded the way ingest decodes them
     images = np.stack([decode_image(Path(r["file"]).read_bytes(), 8, 1, 40_000_000) for r in good])
-    expected = onnx_predictions(tiny_run["onnx"], torch.from_numpy(images))
+    expected = onnx_top1(tiny_run["onnx"], torch.from_numpy(images))
     assert [r["predictions"][0][0] for r in good] == [classifier.classes[k] for k in expected]
 
 
-def test_cli_writes_a_csv_and_explains_what_is_missing(tiny_run: dict[str, Path], image_folder: Path,
-                                                       tmp_path: Path) -> None:
+def test_cli_writes_a_csv_and_explains_what_is_missing(
+    tiny_run: dict[str, Path], image_folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "predictions.csv"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "tasks.predict", *a], cwd=tmp_path,  # noqa: E731
-                                    capture_output=True, text=True)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "lab2prod.cli", "predict", *args]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+
     done = run(str(image_folder), "--model", str(tiny_run["onnx"]), "--csv", str(out), "--top", "2")
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(out.open()))
@@ -58,9 +66,9 @@ def test_cli_writes_a_csv_and_explains_what_is_missing(tiny_run: dict[str, Path]
 
 
 def test_an_onnx_file_without_lab2prod_metadata_is_refused(tmp_path: Path) -> None:
+    from lab2prod.errors import DataError
+    from lab2prod.onnx_model import to_onnx
     from models.networks import build_network
-    from tasks.export import to_onnx
-    from tasks.logs import DataError
 
     path = tmp_path / "bare.onnx"
     to_onnx(build_network("small_cnn", 1, 10, 8, 0.0, [0.5], [0.25]).eval(), [8, 8, 1], path, 18)

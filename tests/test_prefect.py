@@ -49,8 +49,12 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
     log = (home / "server.log").open("w")
-    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=project_env(home, **env), stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=project_env(home, **env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -76,8 +80,14 @@ def deployed(tmp_path: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path
     env = project_env(repo, **prefect_env)
     sh(repo, "python", "-m", "flows.deploy", env=env)
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "lab2prod-process"], cwd=repo, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        ["prefect", "worker", "start", "--pool", "lab2prod-process"],
+        cwd=repo,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     yield repo, env
     # A worker asked to stop finishes what it runs first, and may take its time; one left running would
     # take the next test's flow runs from the shared pool, so after a grace period its group is killed.
@@ -133,8 +143,12 @@ def test_deployment_run_completes_and_leaves_what_dvc_repro_would(deployed: tupl
     run_id = start_run(repo, env, "--param", 'overrides={"train.epochs": 3}')
     assert wait_for(repo, env, run_id) == "COMPLETED", logs(repo, env, run_id)
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
-    epochs = [r["data"]["params"]["params.yaml"]["data"]["train"]["epochs"]
-              for commit_ in shown for exp in (commit_.get("experiments") or []) for r in exp["revs"]]
+    epochs = [
+        r["data"]["params"]["params.yaml"]["data"]["train"]["epochs"]
+        for commit_ in shown
+        for exp in (commit_.get("experiments") or [])
+        for r in exp["revs"]
+    ]
     assert epochs == [3]
     assert "Running stage 'ingest'" not in logs(repo, env, run_id)  # only train and later reran
 
@@ -166,7 +180,13 @@ def test_two_runs_at_once_both_end_well_and_the_workspace_is_intact(deployed: tu
     assert states == {"COMPLETED"}, logs(repo, env, first) + logs(repo, env, second)
     assert "up to date" in sh(repo, "dvc", "status").stdout
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {
-        "ingest", "augment", "train", "evaluate", "compress", "export"}
+        "ingest",
+        "augment",
+        "train",
+        "evaluate",
+        "compress",
+        "export",
+    }
     # one ran the stages, the other found nothing to do: they did not interleave
     ran = ["Running stage 'train'" in logs(repo, env, r) for r in (first, second)]
     assert sorted(ran) == [False, True]
@@ -197,15 +217,23 @@ def add_feedback(repo: Path, per_class: int, angle: float) -> None:
 
 
 def registry_state(repo: Path) -> tuple[list[str], str | None]:
-    from tasks.registry import champion, versions
+    from lab2prod.registry import champion, versions
+
     reg = repo / "registry"
     return versions(reg), (champion(reg) or {}).get("version")
 
 
 def workspace_state(repo: Path) -> dict[str, bytes]:
     """What a run that does not promote must leave as it found: settings, lock, metrics, models."""
-    files = ["params.yaml", "dvc.lock", "metrics/evaluate.json", "metrics/benchmark.json",
-             "artifacts/export/model.onnx", "artifacts/train/model.pt", "data/prepared/meta.json"]
+    files = [
+        "params.yaml",
+        "dvc.lock",
+        "metrics/evaluate.json",
+        "metrics/benchmark.json",
+        "artifacts/export/model.onnx",
+        "artifacts/train/model.pt",
+        "data/prepared/meta.json",
+    ]
     return {f: (repo / f).read_bytes() for f in files}
 
 
@@ -236,7 +264,7 @@ def kill_when_training(repo: Path, run_id: str, timeout: float = 300) -> None:
 def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, dict[str, str]]) -> None:
     """The retraining lifecycle on one workspace: first champion, no new data, new data, a worse
     challenger, a run killed mid-training and the run after it, a rollback by hand."""
-    from tasks.registry import champion_model, manifest
+    from lab2prod.registry import champion_model, manifest
 
     repo, env = deployed
     registry = repo / "registry"
@@ -261,7 +289,10 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     versions_, current = registry_state(repo)
     assert versions_ == ["v0001", "v0002"]
     m2 = manifest(registry, "v0002")
-    assert m2["parent"] == "v0001" and m2["lineage"]["dataset_hash"] != manifest(registry, "v0001")["lineage"]["dataset_hash"]
+    assert (
+        m2["parent"] == "v0001"
+        and m2["lineage"]["dataset_hash"] != manifest(registry, "v0001")["lineage"]["dataset_hash"]
+    )
     assert {"params_hash", "git_commit", "decision", "metrics"} <= set(m2["lineage"])
     assert {"dvc.lock", "params.yaml", "export.json", m2["deployable"]} <= set(m2["files"])
     assert current == ("v0002" if m2["lineage"]["decision"]["promote"] else "v0001")
@@ -299,8 +330,8 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
 
     # by hand: promote v0004, then roll back to the champion before it, its served file byte-identical
     if current != "v0004":
-        sh(repo, "python", "-m", "tasks.registry", "promote", "v0004", env=env)
+        sh(repo, "python", "-m", "lab2prod.cli", "registry", "promote", "v0004", env=env)
     assert registry_state(repo)[1] == "v0004"
-    sh(repo, "python", "-m", "tasks.registry", "rollback", env=env)
+    sh(repo, "python", "-m", "lab2prod.cli", "registry", "rollback", env=env)
     assert registry_state(repo)[1] == champion_before
     assert Path(champion_model(registry)).read_bytes() == served_before

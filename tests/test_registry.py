@@ -15,12 +15,24 @@ import fsspec
 import pytest
 import torch
 
+from lab2prod.errors import RegistryError
+from lab2prod.files import sha256_file as sha256
+from lab2prod.gate import decide, export_problem
+from lab2prod.onnx_model import to_onnx
+from lab2prod.registry import (
+    champion,
+    champion_model,
+    local_copy,
+    location,
+    manifest,
+    register,
+    rollback,
+    set_champion,
+    verify,
+    versions,
+)
+from lab2prod.settings import validate_params
 from models.networks import build_network
-from tasks.config import validate_params
-from tasks.export import to_onnx
-from tasks.gate import decide, export_problem
-from tasks.registry import (RegistryError, champion, champion_model, local_copy, location, manifest, register,
-                            rollback, set_champion, sha256, verify, versions)
 
 
 @pytest.fixture
@@ -75,7 +87,7 @@ def test_versions_are_immutable_copies_with_lineage(project: Path, reg: str) -> 
 def test_the_served_file_is_exports_deployable_default(project: Path, reg: str, tiny_run: dict[str, Path]) -> None:
     shutil.copy2(tiny_run["benchmark"], project / "metrics/benchmark.json")
     default = json.loads((project / "metrics/benchmark.json").read_text())["deployable_default"]
-    expected = "model.onnx" if default == "onnx_fp32" else f"model_{default[len('onnx_'):]}.onnx"
+    expected = "model.onnx" if default == "onnx_fp32" else f"model_{default[len('onnx_') :]}.onnx"
     v1 = register(reg, project, {}, None)
     assert manifest(reg, v1)["deployable"] == expected
     pointer = set_champion(reg, v1, "first")
@@ -133,8 +145,11 @@ def test_a_remote_registry_serves_the_flow_and_the_gate(project: Path, tmp_path:
 def test_cli_lists_and_explains_errors(project: Path, tmp_path: Path) -> None:
     reg = tmp_path / "registry"
     set_champion(reg, register(reg, project, {"metrics": {"accuracy": 0.5, "f1_macro": 0.4}}, None), "first")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "tasks.registry", *a, "--registry", str(reg)],  # noqa: E731
-                                    capture_output=True, text=True)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "lab2prod.cli", "registry", *args, "--registry", str(reg)]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
     listed = run("list")
     assert listed.returncode == 0 and "v0001" in listed.stdout and "0.5000" in listed.stdout
     failed = run("rollback")
@@ -161,8 +176,10 @@ def test_gate_promotes_only_a_better_challenger(tiny_run: dict[str, Path], tmp_p
     assert not worse.promote and "retrain.min_f1_gain" in worse.reason and "recall drops" in worse.reason
     assert worse.challenger_f1 < worse.champion_f1
     assert worse.scores["champion"] == first.scores["challenger"]  # both scored on the same split
-    assert {c: round(100 * (worse.scores["champion"][f"recall.{c}"] - worse.scores["challenger"][f"recall.{c}"]), 4)
-            for c in worse.recall_drops} == worse.recall_drops
+    assert {
+        c: round(100 * (worse.scores["champion"][f"recall.{c}"] - worse.scores["challenger"][f"recall.{c}"]), 4)
+        for c in worse.recall_drops
+    } == worse.recall_drops
     same = decide(good, good, test, classes, cfg)
     assert same.promote and same.recall_drops == {}  # a gain of 0 meets a margin of 0
     strict = decide(good, good, test, classes, validate_params({"retrain": {"min_f1_gain": 0.5}}).retrain)
@@ -176,6 +193,12 @@ def test_gate_rejects_a_served_file_that_skipped_exports_checks(tiny_run: dict[s
     assert "model_unchecked.onnx is not among the files that passed" in problem
     assert "missing" in export_problem(tmp_path / "nope.json", "model.onnx")
     cfg = validate_params({}).retrain
-    verdict = decide(tiny_run["onnx"], None, tiny_run["prepared"] / "test.npz", [str(i) for i in range(10)], cfg,
-                     checks_failed=problem)
+    verdict = decide(
+        tiny_run["onnx"],
+        None,
+        tiny_run["prepared"] / "test.npz",
+        [str(i) for i in range(10)],
+        cfg,
+        checks_failed=problem,
+    )
     assert not verdict.promote and verdict.reason.startswith("compression/export checks: ")

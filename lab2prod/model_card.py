@@ -5,16 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.artifacts import atomic_file
-from tasks.config import Params
+from lab2prod.files import atomic_file
+from lab2prod.settings import Params
+
+INT8_FASTER = "INT8 faster"
+INT8_SLOWER = "INT8 slower: without VNNI/AMX instructions INT8 kernels rarely pay off"
 
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f} %"
 
 
-def write_model_card(path: Path, info: dict[str, Any], params: Params, evaluate: dict[str, Any],
-                     benchmark: dict[str, Any], meta: dict[str, Any]) -> None:
+def write_model_card(
+    path: Path,
+    info: dict[str, Any],
+    params: Params,
+    evaluate: dict[str, Any],
+    benchmark: dict[str, Any],
+    meta: dict[str, Any],
+) -> None:
     machine, variants = benchmark["machine"], benchmark["variants"]
     default = benchmark["deployable_default"]
     h, w, c = info["image_shape"]
@@ -41,11 +50,15 @@ def write_model_card(path: Path, info: dict[str, Any], params: Params, evaluate:
         "## Quality on the test split",
         f"Accuracy {_pct(evaluate.get('accuracy'))}, macro F1 {_pct(evaluate.get('f1_macro'))}, "
         f"weighted F1 {_pct(evaluate.get('f1_weighted'))}"
-        + (f"; {evaluate['baseline']['model']} baseline on raw pixels: {_pct(evaluate['baseline']['accuracy'])}."
-           if "baseline" in evaluate else "."),
+        + (
+            f"; {evaluate['baseline']['model']} baseline on raw pixels: {_pct(evaluate['baseline']['accuracy'])}."
+            if "baseline" in evaluate
+            else "."
+        ),
         "",
         "## Variants, side by side",
-        f"Measured on: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, flags {', '.join(machine['flags']) or 'none'}; "
+        f"Measured on: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, "
+        f"flags {', '.join(machine['flags']) or 'none'}; "
         f"INT8 acceleration (VNNI/AMX): {'yes' if machine['int8_acceleration'] else 'no'}; "
         f"ONNX Runtime {machine['onnxruntime']}, torch {machine['torch']}. Latency over "
         f"{next(iter(variants.values()))['calls']} interleaved batch-1 calls per model.",
@@ -56,13 +69,17 @@ def write_model_card(path: Path, info: dict[str, Any], params: Params, evaluate:
     ]
     tput = f"batch{params.export.benchmark_batch}_images_per_s"
     for name, v in variants.items():
-        lines.append(f"| {name} | `{_file_of(name)}` | {_pct(v['accuracy'])} | {_pct(v['f1_macro'])} | "
-                     f"{v['bytes'] / 1024:.0f} KiB | {v['macs'] or '–'} | {v['batch1_p50_ms']:.3f} ms | "
-                     f"{v['batch1_p95_ms']:.3f} ms | {v[tput]:.0f} |")
+        lines.append(
+            f"| {name} | `{_file_of(name)}` | {_pct(v['accuracy'])} | {_pct(v['f1_macro'])} | "
+            f"{v['bytes'] / 1024:.0f} KiB | {v['macs'] or '–'} | {v['batch1_p50_ms']:.3f} ms | "
+            f"{v['batch1_p95_ms']:.3f} ms | {v[tput]:.0f} |"
+        )
     if "onnx_int8" in variants:
         ratio = variants["onnx_fp32"]["batch1_p50_ms"] / variants["onnx_int8"]["batch1_p50_ms"]
-        lines += ["", f"INT8 vs FP32 at batch 1 on this machine: {ratio:.2f}x "
-                  f"({'INT8 faster' if ratio > 1 else 'INT8 slower: without VNNI/AMX instructions INT8 kernels rarely pay off'})."]
+        lines += [
+            "",
+            f"INT8 vs FP32 at batch 1 on this machine: {ratio:.2f}x ({INT8_FASTER if ratio > 1 else INT8_SLOWER}).",
+        ]
     if benchmark["rejected"]:
         lines += ["", "Rejected by the compress stage (not exported):"]
         lines += [f"- {name}: {reason}" for name, reason in benchmark["rejected"].items()]

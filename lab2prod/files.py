@@ -11,12 +11,10 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
+from typing import Any, BinaryIO
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -69,26 +67,28 @@ def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def _feed(h: hashlib._Hash, fh: BinaryIO) -> None:
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        h.update(block)
+
+
+def sha256_stream(fh: BinaryIO) -> str:
+    """sha256 hex digest of everything left in a binary file object, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    _feed(h, fh)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    """sha256 hex digest of a local file's bytes."""
+    with open(path, "rb") as fh:
+        return sha256_stream(fh)
+
+
 def files_digest(*paths: Path | str) -> str:
     """Short sha256 over the bytes of the given files, in order: what exactly a stage consumed."""
     h = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+            _feed(h, fh)
     return h.hexdigest()[:16]
-
-
-def git_commit() -> str:
-    """The code version: HEAD's commit, suffixed `-dirty` when tracked files differ from it."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}-dirty" if dirty else head

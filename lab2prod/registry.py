@@ -10,36 +10,27 @@ Layout (under `retrain.registry_dir`, default `registry/`):
     champion.json                   {"version", "onnx" (the file to serve), "onnx_sha256"}: one atomic rename
     history.jsonl                   one line per champion change: when, from, to, why
 
-    python -m tasks.registry list                 versions with their key metrics; * marks the champion
-    python -m tasks.registry show v0003           one version's lineage and files
-    python -m tasks.registry promote v0003        make a version champion by hand
-    python -m tasks.registry rollback [--to v0002]  back to the previous champion (or the one named)
+The `lab2prod registry` commands (list, show, promote, rollback) are this module's user interface.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
 import stat
-import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import fsspec
-import typer
-from fsspec.implementations.local import LocalFileSystem
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
-from tasks.artifacts import atomic_dir, read_json, write_json
-from tasks.config import load_params
+from lab2prod.errors import RegistryError
+from lab2prod.files import atomic_dir, read_json, sha256_file, sha256_stream, write_json
+from lab2prod.storage import is_remote, resolve
 
-log = logging.getLogger("tasks.registry")
+log = logging.getLogger("lab2prod.registry")
 
 RUN_FILES = {  # what a version keeps: path in the workspace -> name in the version
     "artifacts/train/model.pt": "model.pt",
@@ -55,10 +46,6 @@ RUN_FILES = {  # what a version keeps: path in the workspace -> name in the vers
 }
 
 
-class RegistryError(RuntimeError):
-    """The registry cannot do what was asked; the message says what is missing or wrong."""
-
-
 class Store:
     """Where a registry lives: a local directory, or any fsspec URL (s3://, gs://, az://, ...).
 
@@ -70,7 +57,7 @@ class Store:
 
     def __init__(self, location: str | Path) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(str(location))
-        self.local = isinstance(self.fs, LocalFileSystem)
+        self.local = not is_remote(location)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
@@ -100,24 +87,17 @@ class Store:
             self.fs.pipe_file(self.path(*parts), old + (line + "\n").encode())
 
     def sha256(self, *parts: str) -> str:
-        h = hashlib.sha256()
         with self.fs.open(self.path(*parts), "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-
-def sha256(path: Path) -> str:
-    return Store(path.parent).sha256(path.name)
+            return sha256_stream(fh)
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def location(project: Path, registry_dir: str) -> str:
     """`retrain.registry_dir` as a place: a URL as it is, a relative path from the project."""
-    return registry_dir if "://" in registry_dir else str(project / registry_dir)
+    return resolve(registry_dir, project)
 
 
 def versions(registry: Path | str) -> list[str]:
@@ -162,8 +142,9 @@ def deployable_name(benchmark_file: Path) -> str:
     return "model.onnx" if default == "onnx_fp32" else f"model_{default.removeprefix('onnx_')}.onnx"
 
 
-def _stage_version(tmp: Path, project: Path, name: str, parent: str | None, deployable: str,
-                   lineage: dict[str, Any]) -> None:
+def _stage_version(
+    tmp: Path, project: Path, name: str, parent: str | None, deployable: str, lineage: dict[str, Any]
+) -> None:
     """Fill `tmp` with a version's files and its manifest (their sha256, lineage, parent)."""
     for src in sorted((project / "artifacts/export").glob("*")):
         if src.is_file():
@@ -171,9 +152,18 @@ def _stage_version(tmp: Path, project: Path, name: str, parent: str | None, depl
     for rel, target in RUN_FILES.items():
         if (project / rel).exists():
             shutil.copy2(project / rel, tmp / target)
-    files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
-    write_json(tmp / "manifest.json", {"version": name, "created": _now(), "parent": parent,
-                                       "deployable": deployable, "lineage": lineage, "files": files})
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    write_json(
+        tmp / "manifest.json",
+        {
+            "version": name,
+            "created": _now(),
+            "parent": parent,
+            "deployable": deployable,
+            "lineage": lineage,
+            "files": files,
+        },
+    )
 
 
 def register(registry: Path | str, project: Path, lineage: dict[str, Any], parent: str | None) -> str:
@@ -217,11 +207,18 @@ def set_champion(registry: Path | str, version: str, reason: str) -> dict[str, A
     store = Store(registry)
     previous = champion(registry)
     m = manifest(registry, version)
-    pointer = {"version": version, "onnx": m["deployable"], "onnx_sha256": m["files"][m["deployable"]],
-               "since": _now(), "reason": reason}
+    pointer = {
+        "version": version,
+        "onnx": m["deployable"],
+        "onnx_sha256": m["files"][m["deployable"]],
+        "since": _now(),
+        "reason": reason,
+    }
     store.write_json(pointer, "champion.json")
-    store.append_line(json.dumps({"at": pointer["since"], "from": previous and previous["version"], "to": version,
-                                  "reason": reason}), "history.jsonl")
+    store.append_line(
+        json.dumps({"at": pointer["since"], "from": previous and previous["version"], "to": version, "reason": reason}),
+        "history.jsonl",
+    )
     log.info("registry: champion is now %s (%s)", version, reason)
     return pointer
 
@@ -233,74 +230,11 @@ def rollback(registry: Path | str, to: str | None = None) -> dict[str, Any]:
         if current is None:
             raise RegistryError("there is no champion to roll back from")
         store = Store(registry)
-        history = [json.loads(line) for line in store.fs.cat_file(store.path("history.jsonl")).decode().splitlines()
-                   if line]
+        history = [
+            json.loads(line) for line in store.fs.cat_file(store.path("history.jsonl")).decode().splitlines() if line
+        ]
         earlier = [h["from"] for h in history if h["to"] == current["version"] and h["from"]]
         if not earlier:
             raise RegistryError(f"{current['version']} has no earlier champion; name one with --to")
         to = earlier[-1]
     return set_champion(registry, to, f"rollback from {current and current['version']}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-app = typer.Typer(help="The lab2prod model registry: versions, champion, promotion, rollback.",
-                  no_args_is_help=True, add_completion=False)
-RegistryOpt = Annotated[str | None, typer.Option(
-    help="Registry directory or URL, e.g. s3://bucket/registry (default: retrain.registry_dir).")]
-
-
-def _registry(where: str | None) -> str:
-    return where or location(Path.cwd(), load_params().retrain.registry_dir)
-
-
-def _run(fn, *args):
-    try:
-        return fn(*args)
-    except RegistryError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-@app.command("list")
-def list_cmd(registry: RegistryOpt = None) -> None:
-    """Every version with its key metrics; * marks the champion."""
-    reg = _registry(registry)
-    current = (champion(reg) or {}).get("version")
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("", "version", "created (UTC)", "accuracy", "macro F1", "served file", "dataset", "parent"):
-        table.add_column(column, no_wrap=True)
-    for v in versions(reg):
-        m = manifest(reg, v)
-        ev = m["lineage"].get("metrics", {})
-        table.add_row("*" if v == current else "", v, m["created"][:16].replace("T", " "),
-                      f"{ev.get('accuracy', float('nan')):.4f}", f"{ev.get('f1_macro', float('nan')):.4f}",
-                      m["deployable"], str(m["lineage"].get("dataset_hash", ""))[:8], m["parent"] or "")
-    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: don't cut to 80 columns
-
-
-@app.command()
-def show(version: str, registry: RegistryOpt = None) -> None:
-    """A version's manifest: lineage, parent, files and their hashes."""
-    Console().print_json(json.dumps(_run(manifest, _registry(registry), version)))
-
-
-@app.command()
-def promote(version: str, registry: RegistryOpt = None) -> None:
-    """Make VERSION the champion by hand."""
-    pointer = _run(set_champion, _registry(registry), version, "promoted by hand")
-    Console().print(f"champion: {pointer['version']}")
-
-
-@app.command("rollback")
-def rollback_cmd(to: Annotated[str | None, typer.Option(help="Version to make champion.")] = None,
-                 registry: RegistryOpt = None) -> None:
-    """Back to the previous champion, or to --to VERSION."""
-    pointer = _run(rollback, _registry(registry), to)
-    Console().print(f"champion: {pointer['version']}")
-
-
-if __name__ == "__main__":
-    app()

@@ -1,4 +1,4 @@
-"""Console logging for stage entry points, and the one place that turns known errors into clean exits."""
+"""Console logging for entry points, and the one place that turns known errors into clean exits."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ from typing import ParamSpec, TypeVar
 
 from rich.logging import RichHandler
 
+from lab2prod.errors import Lab2ProdError
+
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file or class and what to do."""
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -30,16 +28,15 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def stage_entry(fn: Callable[P, R]) -> Callable[P, R]:
-    """Wrap a stage's main(): set up logging; a settings or data error exits 2 with its message only."""
-    from tasks.config import ConfigError
+    """Wrap an entry point: set up logging; a lab2prod error exits with its message only (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         setup_logging()
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError) as exc:
+        except Lab2ProdError as exc:
             logging.getLogger("lab2prod").error("%s", exc)
-            raise SystemExit(2) from None
+            raise SystemExit(exc.exit_code) from None
 
     return wrapper

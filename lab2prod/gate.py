@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from models.classifier import load_split
-from tasks.artifacts import read_json
-from tasks.config import RetrainConfig
-from tasks.export import onnx_predictions
+from lab2prod.dataset import load_split
+from lab2prod.files import read_json
+from lab2prod.metrics import classification_metrics
+from lab2prod.onnx_model import onnx_top1
+from lab2prod.settings import RetrainConfig
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,12 @@ class Decision:
 
 def score(onnx_file: Path, x: torch.Tensor, y_true: np.ndarray, classes: list[str]) -> dict[str, float]:
     """Accuracy, macro F1 and per-class recall of an ONNX model's top-1 predictions."""
-    labels = list(range(len(classes)))
-    pred = onnx_predictions(onnx_file, x)
-    recall = recall_score(y_true, pred, labels=labels, average=None, zero_division=0)
-    return {"accuracy": float(accuracy_score(y_true, pred)),
-            "f1_macro": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
-            **{f"recall.{c}": float(r) for c, r in zip(classes, recall)}}
+    m = classification_metrics(y_true, onnx_top1(onnx_file, x), classes)
+    return {
+        "accuracy": m["accuracy"],
+        "f1_macro": m["f1_macro"],
+        **{f"recall.{c}": per_class["recall"] for c, per_class in m["per_class"].items()},
+    }
 
 
 def export_problem(export_metrics: Path, onnx_name: str) -> str | None:
@@ -65,8 +65,14 @@ def export_problem(export_metrics: Path, onnx_name: str) -> str | None:
     return None
 
 
-def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, classes: list[str],
-           cfg: RetrainConfig, checks_failed: str | None = None) -> Decision:
+def decide(
+    challenger_onnx: Path,
+    champion_onnx: Path | None,
+    test_split: Path,
+    classes: list[str],
+    cfg: RetrainConfig,
+    checks_failed: str | None = None,
+) -> Decision:
     """Score both models on `test_split`; the verdict and its reason in words.
 
     `checks_failed` (from `export_problem`) rejects the challenger whatever its scores.
@@ -80,8 +86,11 @@ def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, 
         return Decision(True, "no champion yet: the first model becomes champion", {}, {"challenger": new})
     old = score(champion_onnx, x, y_true, classes)
     scores = {"challenger": new, "champion": old}
-    drops = {c: round(100 * (old[f"recall.{c}"] - new[f"recall.{c}"]), 4) for c in classes
-             if old[f"recall.{c}"] > new[f"recall.{c}"]}
+    drops = {
+        c: round(100 * (old[f"recall.{c}"] - new[f"recall.{c}"]), 4)
+        for c in classes
+        if old[f"recall.{c}"] > new[f"recall.{c}"]
+    }
     gain = 100 * (new["f1_macro"] - old["f1_macro"])
     f1s = f"macro F1 {100 * new['f1_macro']:.2f} vs champion {100 * old['f1_macro']:.2f}"
     reasons = []
@@ -89,8 +98,10 @@ def decide(challenger_onnx: Path, champion_onnx: Path | None, test_split: Path, 
         reasons.append(f"{f1s}: gain {gain:+.2f} points < retrain.min_f1_gain = {cfg.min_f1_gain}")
     worst = max(drops.items(), key=lambda kv: kv[1], default=None)
     if worst and worst[1] > cfg.max_class_recall_drop:
-        reasons.append(f"class '{worst[0]}' recall drops {worst[1]:.2f} points > retrain.max_class_recall_drop = "
-                       f"{cfg.max_class_recall_drop}")
+        reasons.append(
+            f"class '{worst[0]}' recall drops {worst[1]:.2f} points > retrain.max_class_recall_drop = "
+            f"{cfg.max_class_recall_drop}"
+        )
     if reasons:
         return Decision(False, "; ".join(reasons), drops, scores)
     return Decision(True, f"{f1s} ({gain:+.2f} points), no class recall drop over the limit", drops, scores)

@@ -8,37 +8,17 @@ calls each.
 
 from __future__ import annotations
 
-import os
-import platform
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
+from lab2prod.onnx_model import session
+
 Runner = Callable[[np.ndarray], object]
-INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-
-
-def cpu_features() -> dict[str, object]:
-    """CPU model and the instruction sets INT8 and FP32 kernels care about (VNNI/AMX for INT8)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    present = [f for f in INTERESTING_FLAGS if f in flags]
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "flags": present,
-            "int8_acceleration": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")),
-            "torch_threads": torch.get_num_threads(), "onnxruntime": ort.__version__, "torch": torch.__version__}
 
 
 def torch_runner(net: torch.nn.Module) -> Runner:
@@ -47,17 +27,27 @@ def torch_runner(net: torch.nn.Module) -> Runner:
     def run(x: np.ndarray) -> object:
         with torch.inference_mode():
             return net(torch.from_numpy(x))
+
     return run
 
 
 def onnx_runner(path: Path) -> Runner:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # ORT's defaults, as served
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
+    sess = session(path)  # ORT's defaults, as served
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})
 
 
-def measure(runners: dict[str, Runner], images: np.ndarray, calls: int, batch: int, batch_calls: int,
-            block: int = 100, warmup: int = 50, pause_s: float = 0.05, seed: int = 0) -> dict[str, dict[str, float]]:
+def measure(
+    runners: dict[str, Runner],
+    images: np.ndarray,
+    calls: int,
+    batch: int,
+    batch_calls: int,
+    block: int = 100,
+    warmup: int = 50,
+    pause_s: float = 0.05,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """Latency at batch 1 and throughput at `batch`, interleaved across runners in blocks.
 
     Each round runs every runner for `block` consecutive calls (shuffled order per round), each call
@@ -68,7 +58,7 @@ def measure(runners: dict[str, Runner], images: np.ndarray, calls: int, batch: i
     """
     rng = random.Random(seed)
     names = list(runners)
-    singles = [np.ascontiguousarray(images[i:i + 1]) for i in range(min(len(images), 256))]
+    singles = [np.ascontiguousarray(images[i : i + 1]) for i in range(min(len(images), 256))]
     big = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
 
     def timed_block(fn: Runner, inputs: list[np.ndarray], count: int, out: list[float], scale: float) -> None:
@@ -85,14 +75,23 @@ def measure(runners: dict[str, Runner], images: np.ndarray, calls: int, batch: i
     for start in range(0, calls, block):
         rng.shuffle(names)
         for name in names:
-            timed_block(runners[name], singles[start % len(singles):] + singles, min(block, calls - start),
-                        latency[name], 1e-6)
+            timed_block(
+                runners[name], singles[start % len(singles) :] + singles, min(block, calls - start), latency[name], 1e-6
+            )
     batch_block = max(1, block // 10)
     for start in range(0, batch_calls, batch_block):
         rng.shuffle(names)
         for name in names:
             timed_block(runners[name], [big], min(batch_block, batch_calls - start), batched[name], 1e-9)
-    return {n: {"batch1_p50_ms": float(np.percentile(latency[n], 50)),
-                "batch1_p95_ms": float(np.percentile(latency[n], 95)),
-                f"batch{batch}_images_per_s": float(batch / np.median(batched[n])),
-                "calls": calls, "batch_calls": batch_calls, "block": block, "pause_s": pause_s} for n in runners}
+    return {
+        n: {
+            "batch1_p50_ms": float(np.percentile(latency[n], 50)),
+            "batch1_p95_ms": float(np.percentile(latency[n], 95)),
+            f"batch{batch}_images_per_s": float(batch / np.median(batched[n])),
+            "calls": calls,
+            "batch_calls": batch_calls,
+            "block": block,
+            "pause_s": pause_s,
+        }
+        for n in runners
+    }

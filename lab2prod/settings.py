@@ -14,13 +14,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lab2prod.errors import ConfigError
+
 PARAMS_FILE = Path("params.yaml")
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-
-
-class ConfigError(ValueError):
-    """A settings file that cannot be used; the message says where and what to change."""
 
 
 class _Section(BaseModel):

@@ -1,0 +1,214 @@
+"""The `lab2prod` command: everything a user does, one subcommand each. `lab2prod --help` lists them.
+
+Heavy imports (torch, Prefect, DVC) happen inside the commands that need them, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from lab2prod.cli_registry import app as registry_app
+from lab2prod.cli_registry import registry_location
+from lab2prod.console import stage_entry
+from lab2prod.errors import ConfigError, DataError
+from lab2prod.settings import apply_overrides, load_params, validate_params
+from lab2prod.workspace import dvc_command, dvc_env
+
+log = logging.getLogger("lab2prod")
+
+app = typer.Typer(
+    name="lab2prod",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    help="From a folder of labelled images to a trained, compressed, ONNX-exported classifier that is registered, "
+    "gated and retrained. Run it in the project "
+    "root (where dvc.yaml and params.yaml are).",
+)
+app.add_typer(registry_app, name="registry")
+prefect_app = typer.Typer(
+    help="Run the pipeline from Prefect: a local server, deployments, a worker, a run.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(prefect_app, name="prefect")
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-S",
+        metavar="KEY=VALUE",
+        help="Change a setting for this run only, e.g. -S train.epochs=5 (repeatable; values are YAML).",
+    ),
+]
+ParamsOpt = Annotated[Path, typer.Option(help="Settings file.")]
+
+
+def parse_overrides(pairs: list[str] | None, params_file: Path = Path("params.yaml")) -> dict[str, Any]:
+    """`["train.epochs=5"]` -> `{"train.epochs": 5}`, validated against the settings file first."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+        overrides[key.strip()] = yaml.safe_load(value)
+    if overrides:
+        raw = yaml.safe_load(params_file.read_text()) if params_file.exists() else {}
+        validate_params(apply_overrides(raw or {}, overrides), f"{params_file} with --set {' '.join(pairs or [])}")
+    return overrides
+
+
+@app.command()
+@stage_entry
+def run(
+    stages: Annotated[
+        list[str] | None, typer.Argument(help="Stages to bring up to date (default: all of them).")
+    ] = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Run the stages even if DVC sees no change.")] = False,
+) -> None:
+    """Run the pipeline with DVC (`dvc repro`): only the stages whose inputs, code or settings changed.
+
+    With --set the run is a DVC experiment (`dvc exp run -S ...`): params.yaml stays as it is and
+    `dvc exp show` compares the run with every other.
+    """
+    overrides = parse_overrides(set_)
+    if overrides:
+        args = ["exp", "run", *[a for k, v in overrides.items() for a in ("-S", f"{k}={json.dumps(v)}")]]
+    else:
+        args = ["repro"]
+    args += (["--force"] if force else []) + list(stages or [])
+    log.info("lab2prod run: dvc %s", " ".join(args))
+    raise typer.Exit(subprocess.call(dvc_command(*args), env=dvc_env()))
+
+
+@app.command()
+@stage_entry
+def predict(
+    paths: Annotated[list[str], typer.Argument(help="Image files and/or folders (local or fsspec URLs).")],
+    model: Annotated[str | None, typer.Option(help="ONNX file to use (default: the registry's champion).")] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="Registry whose champion to use (default: retrain.registry_dir).")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Classes per image in the CSV (the table shows the best).")] = 1,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the predictions to this CSV file.")] = None,
+) -> None:
+    """Classify images with the champion model (or --model); every unreadable file is listed with its reason."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lab2prod.images import IMAGE_SUFFIXES
+    from lab2prod.predict import Classifier, classify, image_files, write_csv
+    from lab2prod.registry import champion_model
+
+    if model is None:
+        where = registry_location(registry)
+        model = champion_model(where)
+        if model is None:
+            raise DataError(
+                f"registry {where} has no champion yet: run `lab2prod retrain`, or name an ONNX file with --model"
+            )
+    classifier = Classifier.load(model)
+    files = image_files(paths)
+    if not files:
+        raise DataError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    top = min(top, len(classifier.classes))
+    rows = classify(classifier, files, top=top, progress=True)
+    bad = sum(1 for r in rows if r["error"])
+    if csv_out:
+        write_csv(rows, csv_out, top)
+        log.info("predict: %d file(s) -> %s", len(rows), csv_out)
+    else:
+        table = Table("file", "class", "probability", "error")
+        for r in rows:
+            cls, prob = r["predictions"][0] if r["predictions"] else ("", None)
+            table.add_row(r["file"], cls, "" if prob is None else f"{prob:.3f}", r["error"])
+        Console().print(table)
+    log.info(
+        "predict: %d image(s) classified with %s%s",
+        len(rows) - bad,
+        classifier.source,
+        f"; {bad} file(s) could not be read (reasons in the output)" if bad else "",
+    )
+
+
+@app.command()
+@stage_entry
+def retrain(set_: SetOpt = None) -> None:
+    """Retrain once, now: ingest new data; if there is any, run the pipeline and promote the challenger only if
+    it beats the champion (the `scheduled-retrain` flow, without a deployment)."""
+    overrides = parse_overrides(set_)
+    load_params()  # fail on bad settings before Prefect starts
+    from flows.retrain import scheduled_retrain
+
+    sys.stdout.write(json.dumps(scheduled_retrain(overrides=overrides or None), indent=2) + "\n")
+
+
+POOL = "lab2prod-process"
+
+
+@prefect_app.command("server")
+def prefect_server(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
+    """Start a local Prefect server (SQLite in ~/.prefect); the UI is on http://127.0.0.1:PORT."""
+    raise typer.Exit(
+        subprocess.call(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        )
+    )
+
+
+@prefect_app.command("deploy")
+@stage_entry
+def prefect_deploy(
+    pool: Annotated[str, typer.Option(help="Process work pool to create or reuse.")] = POOL,
+    concurrency: Annotated[int, typer.Option(help="Flow runs at once in the pool.")] = 1,
+) -> None:
+    """Create the work pool (if missing) and register prefect.yaml's deployments with PREFECT_API_URL's server."""
+    from flows.deploy import register_deployments
+
+    register_deployments(pool, concurrency)
+
+
+@prefect_app.command("worker")
+@stage_entry
+def prefect_worker(pool: Annotated[str, typer.Option(help="Work pool to take flow runs from.")] = POOL) -> None:
+    """Register the deployments, then run their flow runs on this machine until stopped."""
+    from flows.deploy import register_deployments
+
+    register_deployments(pool, 1)
+    raise typer.Exit(
+        subprocess.call([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool], env=dvc_env())
+    )
+
+
+@prefect_app.command("run")
+@stage_entry
+def prefect_run(
+    deployment: Annotated[str, typer.Argument(help="training-pipeline or scheduled-retrain.")] = "training-pipeline",
+    set_: SetOpt = None,
+    watch: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
+) -> None:
+    """Start a run of a deployment on the server (a worker must be running) and follow it."""
+    if deployment not in ("training-pipeline", "scheduled-retrain"):
+        raise ConfigError(f"deployment {deployment!r}: choose training-pipeline or scheduled-retrain")
+    overrides = parse_overrides(set_)
+    cmd = [sys.executable, "-m", "prefect", "deployment", "run", f"{deployment}/{deployment}"]
+    cmd += ["-p", f"overrides={json.dumps(overrides)}"] if overrides else []
+    raise typer.Exit(subprocess.call(cmd + (["--watch"] if watch else [])))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The house rules, checked: which folder may import which, and dvc.yaml's code deps equal each stage's imports.
+
+A stage's code deps in dvc.yaml must be exactly the project files its `python -m tasks.<stage>`
+imports, transitively (package `__init__.py` files included): a missing one leaves the stage wrongly
+"up to date" after a change, an extra one reruns it for nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+PACKAGES = ("lab2prod", "tasks", "models", "flows")
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names of every project module a file imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import mod` may name a module: count it when such a file exists
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] in PACKAGES and module_file(n) is not None}
+    return found
+
+
+def module_file(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def import_closure(module: str) -> set[str]:
+    """Project files (relative paths) that running `python -m <module>` imports, packages' __init__ included."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            prefix = ".".join(parts[:i])
+            if prefix not in seen and module_file(prefix) is not None:
+                seen.add(prefix)
+                todo += sorted(imported_modules(module_file(prefix)))
+    return {module_file(m).relative_to(ROOT).as_posix() for m in seen}
+
+
+def code_deps(stage: dict) -> set[str]:
+    return {d for d in stage["deps"] if d.endswith(".py")}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_dvc_code_deps_are_exactly_the_stage_imports(name: str) -> None:
+    stage = STAGES[name]
+    assert stage["cmd"] == f"python -m tasks.{name}"
+    expected, listed = import_closure(f"tasks.{name}"), code_deps(stage)
+    assert listed == expected, (
+        f"dvc.yaml stage '{name}': missing {sorted(expected - listed)}, not imported {sorted(listed - expected)}. "
+        f"Its code deps should be:\n" + "\n".join(f"      - {f}" for f in sorted(expected))
+    )
+
+
+def project_files(*folders: str) -> list[Path]:
+    return [p for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))]
+
+
+def test_tasks_holds_exactly_the_stages_and_no_stage_imports_another() -> None:
+    modules = {p.stem for p in (ROOT / "tasks").glob("*.py")} - {"__init__"}
+    assert modules == set(STAGES), "tasks/ is for the dvc.yaml stages only; shared code goes in lab2prod/"
+    for path in project_files("tasks"):
+        others = {m for m in imported_modules(path) if m.startswith("tasks.") and m != f"tasks.{path.stem}"}
+        assert not others, f"{path.relative_to(ROOT)} imports the stage(s) {sorted(others)}"
+
+
+def test_models_import_neither_tasks_nor_flows_and_nothing_imports_tests() -> None:
+    for path in project_files("models"):
+        bad = {m for m in imported_modules(path) if m.split(".")[0] in ("tasks", "flows")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+    for path in project_files("lab2prod", "tasks", "models", "flows", "benchmarks"):
+        tree = ast.parse(path.read_text())
+        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = [a.name for n in imports if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in imports if isinstance(n, ast.ImportFrom) and n.module]
+        assert not [n for n in names if n.split(".")[0] == "tests"], f"{path.relative_to(ROOT)} imports tests/"
+
+
+def test_closure_follows_imports_inside_functions(tmp_path: Path) -> None:
+    """The checker itself: it sees lazy imports, and the stage files it reports exist."""
+    closure = import_closure("tasks.compress")
+    assert "lab2prod/compression.py" in closure and "models/networks.py" in closure
+    assert all((ROOT / f).is_file() for f in closure)
+    assert "flows/pipeline.py" not in closure
+
+
+def test_lab2prod_command_lists_its_subcommands() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lab2prod.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"},
+    ).stdout
+    for command in ("run", "predict", "registry", "retrain", "prefect"):
+        assert f" {command} " in out, command
+    registry = subprocess.run(
+        [sys.executable, "-m", "lab2prod.cli", "registry", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"},
+    ).stdout
+    for command in ("list", "show", "promote", "rollback"):
+        assert f" {command} " in registry, command
