@@ -21,6 +21,7 @@ import typer
 import yaml
 
 from lab2prod.console import setup_logging
+from lab2prod.layout import Workspace
 from lab2prod.machine import describe_machine as hardware
 from lab2prod.settings import apply_overrides, load_params, validate_params
 from tasks.augment import augment
@@ -32,14 +33,12 @@ from tasks.train import train
 def one_seed(seed: int, params_file: Path, work: Path) -> dict:
     raw = yaml.safe_load(params_file.read_text())
     params = validate_params(apply_overrides(raw, {"ingest.seed": seed, "augment.seed": seed, "train.seed": seed}))
-    d = work / f"seed{seed}"
+    ws = Workspace.under(work / f"seed{seed}")
     start = time.perf_counter()
-    ingest(params.ingest, d / "prepared")
-    augment(params.augment, d / "prepared", d / "augmented", d / "preview.png")
-    train(params, d / "prepared", d / "augmented", d / "train", d / "live")
-    m = evaluate(
-        params.evaluate, d / "prepared", d / "train/model.pt", d / "evaluate.json", d / "pred.csv", d / "cm.png"
-    )
+    ingest(params.ingest, ws.prepared)
+    augment(params.augment, ws)
+    train(params, ws)
+    m = evaluate(params.evaluate, ws)
     return {
         "seed": seed,
         "accuracy": m["accuracy"],

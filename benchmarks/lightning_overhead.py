@@ -25,36 +25,31 @@ from torch import nn
 
 from lab2prod.dataset import load_split, to_model_input
 from lab2prod.files import read_json
+from lab2prod.layout import Workspace
 from lab2prod.machine import describe_machine as hardware
 from lab2prod.settings import load_params
-from models.classifier import ImageClassifier
 from models.data import ArrayBatches, ArrayDataModule
 from models.networks import build_network
 from models.trainer import make_trainer
 from tasks.augment import augment
 from tasks.ingest import ingest
+from tasks.train import build_classifier, network_spec
 
 
-def lightning_epoch(spec: dict, data: Path, params) -> float:
+def lightning_epoch(spec: dict, ws: Workspace, params) -> float:
     cfg = params.train
-    model = ImageClassifier(
-        build_network(**spec),
-        spec["n_classes"],
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        label_smoothing=cfg.label_smoothing,
-    )
-    dm = ArrayDataModule(data / "augmented/train.npz", data / "prepared/val.npz", cfg.batch_size, cfg.seed)
+    model = build_classifier(cfg, spec)
+    dm = ArrayDataModule(ws.augmented / "train.npz", ws.prepared / "val.npz", cfg.batch_size, cfg.seed)
     trainer = make_trainer(1, accelerator="cpu", enable_progress_bar=False, limit_val_batches=0, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     return time.perf_counter() - start
 
 
-def plain_epoch(spec: dict, data: Path, params) -> float:
+def plain_epoch(spec: dict, ws: Workspace, params) -> float:
     cfg = params.train
     start = time.perf_counter()
-    x, y = load_split(data / "augmented/train.npz")
+    x, y = load_split(ws.augmented / "train.npz")
     net = build_network(**spec).train()
     batches = ArrayBatches(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -82,23 +77,15 @@ def main(
     warnings.filterwarnings("ignore")
     params = load_params(params_file)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp)
-        ingest(params.ingest, data / "prepared")
-        augment(params.augment, data / "prepared", data / "augmented", data / "preview.png")
-        meta = read_json(data / "prepared/meta.json")
+        ws = Workspace.under(Path(tmp))
+        ingest(params.ingest, ws.prepared)
+        augment(params.augment, ws)
+        meta = read_json(ws.prepared / "meta.json")
         h, w, c = meta["image_shape"]
-        spec = {
-            "architecture": params.train.architecture,
-            "in_channels": c,
-            "n_classes": len(meta["classes"]),
-            "width": params.train.width,
-            "dropout": params.train.dropout,
-            "mean": meta["normalization"]["mean"],
-            "std": meta["normalization"]["std"],
-        }
-        n_images = len(load_split(data / "augmented/train.npz")[1])
-        lightning_epoch(spec, data, params), plain_epoch(spec, data, params)  # warm-up
-        pairs = [(lightning_epoch(spec, data, params), plain_epoch(spec, data, params)) for _ in range(runs)]
+        spec = network_spec(params.train, meta)
+        n_images = len(load_split(ws.augmented / "train.npz")[1])
+        lightning_epoch(spec, ws, params), plain_epoch(spec, ws, params)  # warm-up
+        pairs = [(lightning_epoch(spec, ws, params), plain_epoch(spec, ws, params)) for _ in range(runs)]
 
     lit, plain = [p[0] for p in pairs], [p[1] for p in pairs]
     ratios = [a / b for a, b in pairs]

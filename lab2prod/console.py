@@ -6,12 +6,15 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
 
+import typer
 from rich.logging import RichHandler
 
 from lab2prod.errors import Lab2ProdError
 
+ParamsFile = Annotated[Path, typer.Option(help="Settings file to read.")]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -40,3 +43,8 @@ def stage_entry(fn: Callable[P, R]) -> Callable[P, R]:
             raise SystemExit(exc.exit_code) from None
 
     return wrapper
+
+
+def run_stage(main: Callable[..., None]) -> None:
+    """`python -m tasks.<stage>`: main's arguments from the command line, errors as in `stage_entry`."""
+    typer.run(stage_entry(main))

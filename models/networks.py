@@ -30,27 +30,31 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class SmallCNN(nn.Module):
-    """Three conv blocks (w, 2w, 4w channels), two poolings, global average pool: for images <= ~64 px."""
+class ConvClassifier(nn.Module):
+    """A convolutional feature extractor, then global average pooling, dropout and a linear classifier."""
 
-    def __init__(self, in_channels: int, n_classes: int, width: int = 32, dropout: float = 0.2) -> None:
+    def __init__(self, features: nn.Sequential, feature_channels: int, n_classes: int, dropout: float) -> None:
         super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            conv_bn(in_channels, w),
-            conv_bn(w, w),
-            nn.MaxPool2d(2),
-            conv_bn(w, 2 * w),
-            conv_bn(2 * w, 2 * w),
-            nn.MaxPool2d(2),
-            conv_bn(2 * w, 4 * w),
-        )
+        self.features = features
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(feature_channels, n_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class SmallCNN(ConvClassifier):
+    """Three conv blocks (w, 2w, 4w channels), two poolings, global average pool: for images <= ~64 px."""
+
+    def __init__(self, in_channels: int, n_classes: int, width: int = 32, dropout: float = 0.2) -> None:
+        w = width
+        features = nn.Sequential(
+            conv_bn(in_channels, w), conv_bn(w, w), nn.MaxPool2d(2),
+            conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+            conv_bn(2 * w, 4 * w),
+        )  # fmt: skip
+        super().__init__(features, 4 * w, n_classes, dropout)
 
 
 class BasicBlock(nn.Module):
@@ -74,27 +78,18 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(ConvClassifier):
     """ResNet-style: stem, three stages of two basic blocks (w, 2w, 4w), for larger images."""
 
     def __init__(self, in_channels: int, n_classes: int, width: int = 32, dropout: float = 0.2) -> None:
-        super().__init__()
         w = width
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             conv_bn(in_channels, w),
-            BasicBlock(w, w, 1),
-            BasicBlock(w, w, 1),
-            BasicBlock(w, 2 * w, 2),
-            BasicBlock(2 * w, 2 * w, 1),
-            BasicBlock(2 * w, 4 * w, 2),
-            BasicBlock(4 * w, 4 * w, 1),
-        )
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, n_classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+            BasicBlock(w, w, 1), BasicBlock(w, w, 1),
+            BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w, 1),
+            BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w, 1),
+        )  # fmt: skip
+        super().__init__(features, 4 * w, n_classes, dropout)
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"small_cnn": SmallCNN, "resnet": ResNet}

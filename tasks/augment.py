@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
 
 import kornia.augmentation as K
 import matplotlib
@@ -21,17 +20,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import typer  # noqa: E402
 
-from lab2prod.console import stage_entry  # noqa: E402
+from lab2prod.console import ParamsFile, run_stage  # noqa: E402
 from lab2prod.files import atomic_dir, atomic_file  # noqa: E402
+from lab2prod.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
 from lab2prod.settings import AugmentConfig, load_params  # noqa: E402
 
 log = logging.getLogger("tasks.augment")  # not __name__: that is __main__ under python -m
 
-PREPARED = Path("data/prepared")
-OUT_DIR = Path("data/augmented")
-PREVIEW = Path("plots/augment_preview.png")
 BATCH = 2048  # images per augmentation call; bounds peak memory on large datasets
 PREVIEW_COPIES = 6  # augmented copies shown beside each original in the preview
 
@@ -92,26 +88,25 @@ def save_preview(originals: np.ndarray, copies: np.ndarray, n_copies: int, path:
     plt.close(fig)
 
 
-def augment(cfg: AugmentConfig, prepared: Path = PREPARED, out_dir: Path = OUT_DIR, preview: Path = PREVIEW) -> dict:
+def augment(cfg: AugmentConfig, ws: Workspace = WORKSPACE) -> dict:
     """Write the augmented training set and its preview. Returns the stage summary."""
-    with np.load(prepared / "train.npz") as split:
+    with np.load(ws.prepared / "train.npz") as split:
         x, y = split["x"], split["y"]
     copies = augment_images(x, cfg)
     x_all = np.concatenate([x, copies])
     y_all = np.concatenate([y] + [y] * cfg.copies)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(ws.augmented) as tmp:
         np.savez(tmp / "train.npz", x=x_all, y=y_all)
-    save_preview(x, copies, cfg.copies, preview, cfg.preview_images)
+    save_preview(x, copies, cfg.copies, ws.augment_preview, cfg.preview_images)
     summary = {"original": int(len(x)), "copies_per_image": cfg.copies, "total": int(len(x_all))}
-    log.info("augment: %s; preview in %s", summary, preview)
+    log.info("augment: %s; preview in %s", summary, ws.augment_preview)
     return summary
 
 
-@stage_entry
-def main(params: Annotated[Path, typer.Option(help="Settings file to read.")] = Path("params.yaml")) -> None:
+def main(params: ParamsFile = PARAMS) -> None:
     """Augment data/prepared/train.npz into data/augmented/ and draw plots/augment_preview.png."""
     augment(load_params(params).augment)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_stage(main)

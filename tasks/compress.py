@@ -25,17 +25,17 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import lightning as L
 import torch
-import typer
 from torch import nn
 
 from lab2prod.compression import judge, quantize_int8, structured_prune, unstructured_prune
-from lab2prod.console import stage_entry
+from lab2prod.console import ParamsFile, run_stage
 from lab2prod.dataset import load_split
 from lab2prod.files import atomic_dir, write_json
+from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.metrics import classification_metrics, torch_top1
 from lab2prod.onnx_model import onnx_top1, to_onnx
 from lab2prod.settings import Params, load_params
@@ -46,12 +46,6 @@ from models.networks import build_network, count_macs_and_params
 from models.trainer import make_trainer
 
 log = logging.getLogger("tasks.compress")  # not __name__: that is __main__ under python -m
-
-PREPARED = Path("data/prepared")
-AUGMENTED = Path("data/augmented")
-MODEL = Path("artifacts/train/model.pt")
-OUT_DIR = Path("artifacts/compress")
-METRICS = Path("metrics/compress.json")
 
 
 def scores(y_true, y_pred, classes: list[str]) -> dict[str, float]:
@@ -75,21 +69,14 @@ def finetune(module: ImageClassifier, data: ArrayDataModule, epochs: int, seed: 
 # ---------------------------------------------------------------------------------------------
 
 
-def compress(
-    params: Params,
-    prepared: Path = PREPARED,
-    augmented: Path = AUGMENTED,
-    model_file: Path = MODEL,
-    out_dir: Path = OUT_DIR,
-    metrics_file: Path = METRICS,
-) -> dict[str, Any]:
-    """Build, score and gate every enabled variant. Returns the metrics written to `metrics_file`."""
+def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
+    """Build, score and gate every enabled variant. Returns the metrics written to metrics/compress.json."""
     cfg = params.compress
-    teacher, info = load_model_file(model_file)
-    spec = torch.load(model_file, map_location="cpu", weights_only=True)["spec"]
-    x_test, y_test = load_split(prepared / "test.npz")
+    teacher, info = load_model_file(ws.model)
+    spec = torch.load(ws.model, map_location="cpu", weights_only=True)["spec"]
+    x_test, y_test = load_split(ws.prepared / "test.npz")
     y_true = y_test.numpy()
-    data = ArrayDataModule(augmented / "train.npz", prepared / "val.npz", params.train.batch_size, cfg.seed)
+    data = ArrayDataModule(ws.augmented / "train.npz", ws.prepared / "val.npz", params.train.batch_size, cfg.seed)
     wd = params.train.weight_decay
     classes, n_classes = info["classes"], len(info["classes"])
 
@@ -99,16 +86,16 @@ def compress(
             **scores(y_true, torch_top1(net, x_test), classes),
             "macs": macs,
             "params": n_params,
-            "file": str(out_dir / path.name),
+            "file": str(ws.compressed / path.name),
             "bytes": path.stat().st_size,
         }
 
     variants: dict[str, dict[str, Any]] = {}
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory() as scratch:
+    with atomic_dir(ws.compressed) as tmp, tempfile.TemporaryDirectory() as scratch:
         reference = Path(scratch) / "fp32.pt"
         save_model_file(reference, teacher, spec, info)
         fp32 = describe(teacher, reference)
-        fp32["file"] = str(model_file)
+        fp32["file"] = str(ws.model)
         fp32_preds = torch_top1(teacher, x_test)
 
         if cfg.prune.enabled:
@@ -154,7 +141,7 @@ def compress(
             log.info("compress: INT8 %s quantization with ONNX Runtime", cfg.int8.mode)
             fp32_onnx = Path(scratch) / "fp32.onnx"
             to_onnx(teacher, info["image_shape"], fp32_onnx, params.export.opset)
-            x_train, _ = load_split(prepared / "train.npz")
+            x_train, _ = load_split(ws.prepared / "train.npz")
             pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))
             quantize_int8(fp32_onnx, tmp / "int8.onnx", x_train[pick[: cfg.int8.calibration_images]], cfg.int8)
             preds = onnx_top1(tmp / "int8.onnx", x_test)
@@ -162,7 +149,7 @@ def compress(
                 **scores(y_true, preds, classes),
                 "macs": fp32["macs"],
                 "params": fp32["params"],
-                "file": str(out_dir / "int8.onnx"),
+                "file": str(ws.compressed / "int8.onnx"),
                 "bytes": (tmp / "int8.onnx").stat().st_size,
                 "fp32_onnx_bytes": fp32_onnx.stat().st_size,
                 "top1_agreement_with_fp32": float((preds == fp32_preds).mean()),
@@ -178,7 +165,7 @@ def compress(
             "variants": variants,
             "thresholds": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "max_f1_drop_points": cfg.max_f1_drop},
         }
-        write_json(metrics_file, metrics)
+        write_json(ws.compress_metrics, metrics)
 
     for name, v in variants.items():
         log.info(
@@ -194,11 +181,10 @@ def compress(
     return metrics
 
 
-@stage_entry
-def main(params: Annotated[Path, typer.Option(help="Settings file to read.")] = Path("params.yaml")) -> None:
+def main(params: ParamsFile = PARAMS) -> None:
     """Prune, sparsify, quantize and distil artifacts/train/model.pt; gate each variant on test accuracy."""
     compress(load_params(params))
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_stage(main)

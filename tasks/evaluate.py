@@ -11,34 +11,27 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Annotated
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import typer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
-from lab2prod.console import stage_entry  # noqa: E402
+from lab2prod.console import ParamsFile, run_stage  # noqa: E402
 from lab2prod.dataset import load_split  # noqa: E402
 from lab2prod.files import atomic_file, write_json  # noqa: E402
+from lab2prod.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
 from lab2prod.metrics import classification_metrics, torch_top1  # noqa: E402
 from lab2prod.settings import EvaluateConfig, load_params  # noqa: E402
 from models.model_file import load_model_file  # noqa: E402
 
 log = logging.getLogger("tasks.evaluate")  # not __name__: that is __main__ under python -m
-
-PREPARED = Path("data/prepared")
-MODEL = Path("artifacts/train/model.pt")
-METRICS = Path("metrics/evaluate.json")
-PREDICTIONS = Path("metrics/evaluate/predictions.csv")
-CONFUSION_PNG = Path("plots/confusion_matrix.png")
 
 
 def fit_baseline(cfg: EvaluateConfig, x_train: np.ndarray, y_train: np.ndarray):
@@ -69,25 +62,18 @@ def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], c
     plt.close(fig)
 
 
-def evaluate(
-    cfg: EvaluateConfig,
-    prepared: Path = PREPARED,
-    model_file: Path = MODEL,
-    metrics_file: Path = METRICS,
-    predictions_csv: Path = PREDICTIONS,
-    confusion_png: Path = CONFUSION_PNG,
-) -> dict:
+def evaluate(cfg: EvaluateConfig, ws: Workspace = WORKSPACE) -> dict:
     """Score the model (and the baseline) on the test split; write metrics and plots. Returns the metrics."""
-    net, info = load_model_file(model_file)
+    net, info = load_model_file(ws.model)
     classes = info["classes"]
-    x_test, y_test = load_split(prepared / "test.npz")
+    x_test, y_test = load_split(ws.prepared / "test.npz")
     y_true = y_test.numpy()
     y_pred = torch_top1(net, x_test)
     metrics = classification_metrics(y_true, y_pred, classes)
     metrics["n_test"] = int(len(y_true))
 
     if cfg.baseline != "none":
-        with np.load(prepared / "train.npz") as train:
+        with np.load(ws.prepared / "train.npz") as train:
             baseline = fit_baseline(cfg, train["x"], train["y"])
         y_base = baseline.predict(x_test.numpy().reshape(len(y_true), -1).astype(np.float64) / 255.0)
         metrics["baseline"] = {
@@ -96,8 +82,8 @@ def evaluate(
             "f1_macro": f1_score(y_true, y_base, average="macro"),
         }
     metrics["lineage"] = info["lineage"]
-    save_confusion(y_true, y_pred, classes, predictions_csv, confusion_png)
-    write_json(metrics_file, metrics)
+    save_confusion(y_true, y_pred, classes, ws.predictions, ws.confusion_png)
+    write_json(ws.evaluate_metrics, metrics)
 
     line = (
         f"evaluate: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} on {len(y_true)} test images"
@@ -108,11 +94,10 @@ def evaluate(
     return metrics
 
 
-@stage_entry
-def main(params: Annotated[Path, typer.Option(help="Settings file to read.")] = Path("params.yaml")) -> None:
+def main(params: ParamsFile = PARAMS) -> None:
     """Score artifacts/train/model.pt on the test split into metrics/evaluate.json and plots/."""
     evaluate(load_params(params).evaluate)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_stage(main)

@@ -20,16 +20,16 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import onnx
 import torch
-import typer
 
-from lab2prod.console import stage_entry
+from lab2prod.console import ParamsFile, run_stage
 from lab2prod.dataset import load_split, to_model_input
 from lab2prod.errors import ParityError
 from lab2prod.files import atomic_dir, read_json, write_json
+from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.machine import cpu_features
 from lab2prod.metrics import torch_top1
 from lab2prod.model_card import write_model_card
@@ -39,15 +39,6 @@ from lab2prod.settings import Params, load_params
 from models.model_file import load_model_file
 
 log = logging.getLogger("tasks.export")  # not __name__: that is __main__ under python -m
-
-PREPARED = Path("data/prepared")
-MODEL = Path("artifacts/train/model.pt")
-COMPRESSED = Path("artifacts/compress")
-COMPRESS_METRICS = Path("metrics/compress.json")
-EVALUATE_METRICS = Path("metrics/evaluate.json")
-OUT_DIR = Path("artifacts/export")
-METRICS = Path("metrics/export.json")
-BENCHMARK = Path("metrics/benchmark.json")
 
 
 def export_checked(
@@ -86,39 +77,31 @@ def export_int8(
     return {"file": path.name, "test_top1_agreement_with_fp32": agreement, "onnx_bytes": path.stat().st_size}
 
 
-def export(
-    params: Params,
-    prepared: Path = PREPARED,
-    model_file: Path = MODEL,
-    compressed: Path = COMPRESSED,
-    compress_metrics: Path = COMPRESS_METRICS,
-    evaluate_metrics: Path = EVALUATE_METRICS,
-    out_dir: Path = OUT_DIR,
-    metrics_file: Path = METRICS,
-    benchmark_file: Path = BENCHMARK,
-) -> dict:
+def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
     """Export, check and benchmark every deployable model; files land only if every check passes."""
     cfg = params.export
-    net, info = load_model_file(model_file)
-    x_test, y_test = load_split(prepared / "test.npz")
+    net, info = load_model_file(ws.model)
+    x_test, y_test = load_split(ws.prepared / "test.npz")
     if len(x_test) < max(cfg.parity_batch_sizes):
         raise ParityError(
             f"the test split has {len(x_test)} images but export.parity_batch_sizes = {cfg.parity_batch_sizes} "
             f"needs {max(cfg.parity_batch_sizes)}: lower the largest batch size to at most {len(x_test)}, or "
             "raise ingest.test_fraction / add images"
         )
-    compress = read_json(compress_metrics) if compress_metrics.exists() else {"variants": {}}
+    compress = read_json(ws.compress_metrics) if ws.compress_metrics.exists() else {"variants": {}}
     accepted = {name: v for name, v in compress["variants"].items() if v.get("accepted")}
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(ws.exported) as tmp:
         records = {"fp32": export_checked(net, info, tmp / "model.onnx", "fp32", params, x_test)}
         runners = {"pytorch_eager": torch_runner(net), "onnx_fp32": onnx_runner(tmp / "model.onnx")}
         for name in accepted:
             target = tmp / f"model_{name}.onnx"
             if name == "int8":
-                records[name] = export_int8(compressed / "int8.onnx", target, tmp / "model.onnx", info, params, x_test)
+                records[name] = export_int8(
+                    ws.compressed / "int8.onnx", target, tmp / "model.onnx", info, params, x_test
+                )
             else:
-                variant_net, variant_info = load_model_file(compressed / f"{name}.pt")
+                variant_net, variant_info = load_model_file(ws.compressed / f"{name}.pt")
                 records[name] = export_checked(variant_net, variant_info, target, name, params, x_test)
             runners[f"onnx_{name}"] = onnx_runner(target)
         log.info("export: %d ONNX file(s) checked; benchmarking %s", len(records), ", ".join(runners))
@@ -127,7 +110,7 @@ def export(
             runners, to_model_input(x_test).numpy(), cfg.benchmark_calls, cfg.benchmark_batch, cfg.benchmark_batch_calls
         )
         benchmark = {"machine": cpu_features(), "variants": {}}
-        evaluate = read_json(evaluate_metrics) if evaluate_metrics.exists() else {}
+        evaluate = read_json(ws.evaluate_metrics) if ws.evaluate_metrics.exists() else {}
         fp32_scores = compress.get("fp32") or {
             "accuracy": evaluate.get("accuracy"),
             "f1_macro": evaluate.get("f1_macro"),
@@ -135,7 +118,7 @@ def export(
         for runner_name, figures in speed.items():
             variant = "fp32" if runner_name in ("pytorch_eager", "onnx_fp32") else runner_name.removeprefix("onnx_")
             scored = fp32_scores if variant == "fp32" else accepted[variant]
-            size = model_file.stat().st_size if runner_name == "pytorch_eager" else records[variant]["onnx_bytes"]
+            size = ws.model.stat().st_size if runner_name == "pytorch_eager" else records[variant]["onnx_bytes"]
             benchmark["variants"][runner_name] = {
                 **figures,
                 "bytes": size,
@@ -148,10 +131,10 @@ def export(
         default = min(onnx_names, key=lambda n: benchmark["variants"][n]["batch1_p50_ms"])
         benchmark["deployable_default"] = default
         benchmark["rejected"] = {n: v["reason"] for n, v in compress["variants"].items() if not v.get("accepted")}
-        write_model_card(tmp / "model_card.md", info, params, evaluate, benchmark, read_json(prepared / "meta.json"))
+        write_model_card(tmp / "model_card.md", info, params, evaluate, benchmark, read_json(ws.prepared / "meta.json"))
 
-    write_json(metrics_file, {"opset": cfg.opset, "files": records})
-    write_json(benchmark_file, benchmark)
+    write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})
+    write_json(ws.benchmark, benchmark)
     eager, fp32 = benchmark["variants"]["pytorch_eager"], benchmark["variants"]["onnx_fp32"]
     log.info(
         "export: batch-1 p50 PyTorch eager %.3f ms, ONNX FP32 %.3f ms (%.1fx); deployable default: %s",
@@ -163,8 +146,7 @@ def export(
     return {"files": records, "benchmark": benchmark}
 
 
-@stage_entry
-def main(params: Annotated[Path, typer.Option(help="Settings file to read.")] = Path("params.yaml")) -> None:
+def main(params: ParamsFile = PARAMS) -> None:
     """Export the trained model and accepted compressed variants to artifacts/export/, checked and benchmarked.
 
     A file that does not match its source model fails the stage with exit code 1 and writes nothing.
@@ -173,4 +155,4 @@ def main(params: Annotated[Path, typer.Option(help="Settings file to read.")] = 
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_stage(main)

@@ -23,18 +23,17 @@ import fsspec
 import numpy as np
 import typer
 
-from lab2prod.console import stage_entry
+from lab2prod.console import ParamsFile, run_stage
 from lab2prod.files import atomic_dir, write_json
+from lab2prod.layout import PARAMS, WORKSPACE
 from lab2prod.settings import IngestConfig, load_params
 from lab2prod.sources import load_digits_source, load_image_folder, merge_datasets
 from lab2prod.splits import check_class_sizes, dataset_hash, drop_duplicates, image_digests, stratified_split
 
 log = logging.getLogger("tasks.ingest")  # not __name__: that is __main__ under python -m
 
-OUT_DIR = Path("data/prepared")
 
-
-def ingest(cfg: IngestConfig, out_dir: Path = OUT_DIR) -> dict:
+def ingest(cfg: IngestConfig, out_dir: Path = WORKSPACE.prepared) -> dict:
     """Build the prepared splits in `out_dir` (replaced atomically). Returns the stage summary."""
     with atomic_dir(out_dir) as tmp:
         quarantine = tmp / "quarantine"
@@ -93,14 +92,13 @@ def ingest(cfg: IngestConfig, out_dir: Path = OUT_DIR) -> dict:
     return summary
 
 
-@stage_entry
 def main(
-    params: Annotated[Path, typer.Option(help="Settings file to read.")] = Path("params.yaml"),
-    out: Annotated[Path, typer.Option(help="Output directory (replaced atomically).")] = OUT_DIR,
+    params: ParamsFile = PARAMS,
+    out: Annotated[Path, typer.Option(help="Output directory (replaced atomically).")] = WORKSPACE.prepared,
 ) -> None:
     """Validate and split the source images into data/prepared/."""
     ingest(load_params(params).ingest, out)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_stage(main)

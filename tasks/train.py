@@ -13,18 +13,18 @@ import logging
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import lightning as L
 import torch
-import typer
 from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from lab2prod.console import stage_entry
+from lab2prod.console import ParamsFile, run_stage
 from lab2prod.files import files_digest, read_json, write_json
+from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.lineage import git_commit
-from lab2prod.settings import Params, load_params
+from lab2prod.settings import Params, TrainConfig, load_params
 from models.classifier import ImageClassifier
 from models.data import ArrayDataModule
 from models.model_file import save_model_file
@@ -32,11 +32,6 @@ from models.networks import build_network
 from models.trainer import EpochLog, make_trainer
 
 log = logging.getLogger("tasks.train")  # not __name__: that is __main__ under python -m
-
-PREPARED = Path("data/prepared")
-AUGMENTED = Path("data/augmented")
-OUT_DIR = Path("artifacts/train")
-METRICS_DIR = Path("metrics/train")
 
 
 def checkpoint_to_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
@@ -60,47 +55,50 @@ def checkpoint_to_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
     return None
 
 
-def train(
-    params: Params,
-    prepared: Path = PREPARED,
-    augmented: Path = AUGMENTED,
-    out_dir: Path = OUT_DIR,
-    metrics_dir: Path = METRICS_DIR,
-    trainer_overrides: dict[str, Any] | None = None,
-) -> dict:
-    """Train, resume if an unfinished matching run exists, write the model file. Returns a summary.
-
-    `trainer_overrides` are extra lightning.Trainer arguments (e.g. a DDP strategy); callbacks given
-    there are added to ours.
-    """
-    cfg = params.train
-    meta = read_json(prepared / "meta.json")
-    height, width, channels = meta["image_shape"]
-    spec = {
+def network_spec(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """build_network's arguments from the train settings and the prepared data's meta.json."""
+    return {
         "architecture": cfg.architecture,
-        "in_channels": channels,
+        "in_channels": meta["image_shape"][2],
         "n_classes": len(meta["classes"]),
         "width": cfg.width,
         "dropout": cfg.dropout,
         "mean": meta["normalization"]["mean"],
         "std": meta["normalization"]["std"],
     }
-    inputs_hash = files_digest(augmented / "train.npz", prepared / "val.npz")
-    fingerprint = f"{inputs_hash}-{params.section_hash('train')}"
-    ckpt_dir = out_dir / "checkpoints"
-    resume_from = checkpoint_to_resume(ckpt_dir, fingerprint)
-    if resume_from:
-        log.info("train: resuming the unfinished run from %s", resume_from)
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = ImageClassifier(
+
+def build_classifier(cfg: TrainConfig, spec: dict[str, Any]) -> ImageClassifier:
+    """A fresh network in the training recipe's LightningModule (draws the initial weights: seed first)."""
+    return ImageClassifier(
         build_network(**spec),
         spec["n_classes"],
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing,
     )
-    data = ArrayDataModule(augmented / "train.npz", prepared / "val.npz", cfg.batch_size, cfg.seed)
+
+
+def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str, Any] | None = None) -> dict:
+    """Train, resume if an unfinished matching run exists, write the model file. Returns a summary.
+
+    `trainer_overrides` are extra lightning.Trainer arguments (e.g. a DDP strategy); callbacks given
+    there are added to ours.
+    """
+    cfg = params.train
+    meta = read_json(ws.prepared / "meta.json")
+    height, width, channels = meta["image_shape"]
+    spec = network_spec(cfg, meta)
+    inputs_hash = files_digest(ws.augmented / "train.npz", ws.prepared / "val.npz")
+    fingerprint = f"{inputs_hash}-{params.section_hash('train')}"
+    ckpt_dir = ws.train_dir / "checkpoints"
+    resume_from = checkpoint_to_resume(ckpt_dir, fingerprint)
+    if resume_from:
+        log.info("train: resuming the unfinished run from %s", resume_from)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_classifier(cfg, spec)
+    data = ArrayDataModule(ws.augmented / "train.npz", ws.prepared / "val.npz", cfg.batch_size, cfg.seed)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     overrides = dict(trainer_overrides or {})
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=cfg.patience)
@@ -110,10 +108,10 @@ def train(
         cfg.devices,
         cfg.precision,
         callbacks=[best, stop, EpochLog(log, "train"), *overrides.pop("callbacks", [])],
-        logger=DVCLiveLogger(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=None, resume=bool(resume_from)),
+        logger=DVCLiveLogger(dir=str(ws.train_metrics), save_dvc_exp=False, dvcyaml=None, resume=bool(resume_from)),
         enable_checkpointing=True,
         log_every_n_steps=1,
-        default_root_dir=str(out_dir),
+        default_root_dir=str(ws.train_dir),
         **overrides,
     )
     trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
@@ -135,7 +133,7 @@ def train(
             "git_commit": git_commit(),
         },
     }
-    save_model_file(out_dir / "model.pt", model.net, spec, info)
+    save_model_file(ws.model, model.net, spec, info)
     write_json(ckpt_dir / "run.json", {"fingerprint": fingerprint, "complete": True})
     summary = {
         "epochs": trainer.current_epoch,
@@ -143,15 +141,14 @@ def train(
         "precision": trainer.precision,
         "device": str(trainer.strategy.root_device),
     }
-    log.info("train: %s; model in %s", summary, out_dir / "model.pt")
+    log.info("train: %s; model in %s", summary, ws.model)
     return summary
 
 
-@stage_entry
-def main(params: Annotated[Path, typer.Option(help="Settings file to read.")] = Path("params.yaml")) -> None:
+def main(params: ParamsFile = PARAMS) -> None:
     """Train the classifier on data/augmented/ and write artifacts/train/model.pt."""
     train(load_params(params))
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    run_stage(main)

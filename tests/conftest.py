@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from lab2prod.layout import Workspace
 from lab2prod.settings import Params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +97,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One tiny pass of every stage, in DAG order, in a temp dir; returns the paths it wrote."""
     from tasks.augment import augment
     from tasks.compress import compress
@@ -106,36 +108,27 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     d = tmp_path_factory.mktemp("run")
     params = validate_params(TINY)
-    p = {
-        "prepared": d / "prepared",
-        "augmented": d / "augmented",
-        "train": d / "train",
-        "model": d / "train/model.pt",
-        "metrics": d / "evaluate.json",
-        "csv": d / "predictions.csv",
-        "png": d / "confusion.png",
-        "compressed": d / "compress",
-        "compress_metrics": d / "compress.json",
-        "export": d / "export",
-        "onnx": d / "export/model.onnx",
-        "export_metrics": d / "export.json",
-        "benchmark": d / "benchmark.json",
-        "dir": d,
+    ws = Workspace.under(d)
+    ingest(params.ingest, ws.prepared)
+    augment(params.augment, ws)
+    train(params, ws)
+    evaluate(params.evaluate, ws)
+    compress(params, ws)
+    export(params, ws)
+    return {
+        "ws": ws,
+        "prepared": ws.prepared,
+        "augmented": ws.augmented,
+        "train": ws.train_dir,
+        "model": ws.model,
+        "live": ws.train_metrics,
+        "metrics": ws.evaluate_metrics,
+        "csv": ws.predictions,
+        "png": ws.confusion_png,
+        "compressed": ws.compressed,
+        "compress_metrics": ws.compress_metrics,
+        "export": ws.exported,
+        "onnx": ws.exported / "model.onnx",
+        "export_metrics": ws.export_metrics,
+        "benchmark": ws.benchmark,
     }
-    ingest(params.ingest, p["prepared"])
-    augment(params.augment, p["prepared"], p["augmented"], d / "preview.png")
-    train(params, p["prepared"], p["augmented"], p["train"], d / "dvclive")
-    evaluate(params.evaluate, p["prepared"], p["model"], p["metrics"], p["csv"], p["png"])
-    compress(params, p["prepared"], p["augmented"], p["model"], p["compressed"], p["compress_metrics"])
-    export(
-        params,
-        p["prepared"],
-        p["model"],
-        p["compressed"],
-        p["compress_metrics"],
-        p["metrics"],
-        p["export"],
-        p["export_metrics"],
-        p["benchmark"],
-    )
-    return p

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lab2prod.layout import Workspace
 from lab2prod.settings import validate_params
 from tasks.augment import augment, augment_images
 from tasks.ingest import ingest
@@ -19,19 +20,24 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def in_tmp(prepared: Path, tmp_path: Path) -> Workspace:
+    """Read the shared prepared split, write into this test's tmp_path (aug/, preview.png)."""
+    return Workspace(prepared=prepared, augmented=tmp_path / "aug", augment_preview=tmp_path / "preview.png")
+
+
 def acfg(**over):
     return validate_params({"augment": {**TINY["augment"], **over}}).augment
 
 
 def test_copies_zero_passes_the_split_through(tmp_path: Path, prepared: Path) -> None:
-    summary = augment(acfg(copies=0), prepared, tmp_path / "aug", tmp_path / "preview.png")
+    summary = augment(acfg(copies=0), in_tmp(prepared, tmp_path))
     with np.load(prepared / "train.npz") as a, np.load(tmp_path / "aug/train.npz") as b:
         assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["y"], b["y"])
     assert summary["total"] == summary["original"]
 
 
 def test_copies_multiply_the_split_keep_labels_and_change_pixels(tmp_path: Path, prepared: Path) -> None:
-    augment(acfg(copies=2), prepared, tmp_path / "aug", tmp_path / "preview.png")
+    augment(acfg(copies=2), in_tmp(prepared, tmp_path))
     with np.load(prepared / "train.npz") as a, np.load(tmp_path / "aug/train.npz") as b:
         n = len(a["y"])
         assert b["x"].shape == (3 * n, *a["x"].shape[1:]) and b["x"].dtype == np.uint8
@@ -60,6 +66,6 @@ def test_no_mirroring_unless_asked() -> None:
 
 
 def test_preview_is_a_real_image(tmp_path: Path, prepared: Path) -> None:
-    augment(acfg(copies=3), prepared, tmp_path / "aug", tmp_path / "preview.png")
+    augment(acfg(copies=3), in_tmp(prepared, tmp_path))
     with Image.open(tmp_path / "preview.png") as img:
         assert img.format == "PNG" and img.width > 200 and img.height > 100

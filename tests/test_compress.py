@@ -4,6 +4,7 @@ and ships as a checked ONNX file only when accepted."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -114,28 +115,15 @@ def test_absurd_pruning_is_rejected_and_not_exported(tiny_run: dict[str, Path], 
             },
         }
     )
-    metrics = compress(
-        params,
-        tiny_run["prepared"],
-        tiny_run["augmented"],
-        tiny_run["model"],
-        tmp_path / "compress",
-        tmp_path / "compress.json",
-    )
+    ws = replace(tiny_run["ws"], compressed=tmp_path / "compress", compress_metrics=tmp_path / "compress.json")
+    metrics = compress(params, ws)
     pruned = metrics["variants"]["pruned"]
     assert not pruned["accepted"] and "compress.max_accuracy_drop" in pruned["reason"] and pruned["file"] is None
     assert not (tmp_path / "compress/pruned.pt").exists()
-    export(
-        params,
-        tiny_run["prepared"],
-        tiny_run["model"],
-        tmp_path / "compress",
-        tmp_path / "compress.json",
-        tiny_run["metrics"],
-        tmp_path / "export",
-        tmp_path / "export.json",
-        tmp_path / "benchmark.json",
+    ws = replace(
+        ws, exported=tmp_path / "export", export_metrics=tmp_path / "export.json", benchmark=tmp_path / "benchmark.json"
     )
+    export(params, ws)
     assert sorted(p.name for p in (tmp_path / "export").glob("*.onnx")) == ["model.onnx"]
     assert "pruned" in json.loads((tmp_path / "benchmark.json").read_text())["rejected"]
     assert "pruned: accuracy drops" in (tmp_path / "export/model_card.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,9 @@ def test_model_file_is_weights_only_with_lineage(run: dict[str, Path]) -> None:
 def test_training_learns(run: dict[str, Path]) -> None:
     metrics = json.loads(run["metrics"].read_text())
     assert metrics["accuracy"] > 0.5  # 10 classes: chance is 0.1; two tiny epochs already do far better
-    dvclive_metrics = json.loads((run["dir"] / "dvclive/metrics.json").read_text())
+    dvclive_metrics = json.loads((run["live"] / "metrics.json").read_text())
     assert "val" in dvclive_metrics and "train" in dvclive_metrics
-    assert (run["dir"] / "dvclive/plots/metrics/val/acc.tsv").read_text().count("\n") == 1 + 2  # header + 2 epochs
+    assert (run["live"] / "plots/metrics/val/acc.tsv").read_text().count("\n") == 1 + 2  # header + 2 epochs
 
 
 def test_evaluate_metrics_match_scikit_learn_on_onnx_predictions(run: dict[str, Path]) -> None:
@@ -95,17 +96,10 @@ def test_export_refuses_a_model_that_does_not_match(run: dict[str, Path], tmp_pa
     impossible = validate_params({**TINY, "export": {**TINY["export"], "atol": 1e-30}})
     target = tmp_path / "export"
     with pytest.raises(ParityError, match="export.atol"):
-        export(
-            impossible,
-            run["prepared"],
-            run["model"],
-            run["compressed"],
-            run["compress_metrics"],
-            run["metrics"],
-            target,
-            tmp_path / "export.json",
-            tmp_path / "benchmark.json",
+        ws = replace(
+            run["ws"], exported=target, export_metrics=tmp_path / "export.json", benchmark=tmp_path / "benchmark.json"
         )
+        export(impossible, ws)
     assert not list(tmp_path.iterdir())  # no file, no temp dir left behind
 
 
@@ -164,17 +158,11 @@ def test_train_resumes_from_last_checkpoint(tmp_path: Path, run: dict[str, Path]
     """A run that died in epoch 2 of 3 continues from its checkpoint instead of starting over."""
     params = validate_params({**TINY, "train": {**TINY["train"], "epochs": 3}})
     out = tmp_path / "train"
+    ws = replace(run["ws"], train_dir=out, train_metrics=tmp_path / "live")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(
-            params,
-            run["prepared"],
-            run["augmented"],
-            out,
-            tmp_path / "live",
-            trainer_overrides={"callbacks": [Crash()]},
-        )
+        train(params, ws, trainer_overrides={"callbacks": [Crash()]})
     assert not (out / "model.pt").exists() and (out / "checkpoints/last.ckpt").exists()
-    second = train(params, run["prepared"], run["augmented"], out, tmp_path / "live")
+    second = train(params, ws)
     assert second["epochs"] == 3
     val_steps = (tmp_path / "live/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
     assert len(val_steps) == 3  # epoch 1 from the first run, 2 and 3 resumed: not 1 + 3
