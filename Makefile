@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands in dvc.yaml say `python -m tasks.<stage>`: make them find the venv's python.
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup pipeline test test-fast lint bench clean prefect-server prefect-deploy prefect-worker prefect-run
+.PHONY: help setup pipeline test test-fast lint format bench clean prefect-server prefect-deploy prefect-worker prefect-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,17 +21,24 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with everything the project needs
 
-pipeline: $(STAMP)  ## run the whole DAG on the default data (dvc repro)
-	$(RUN) $(BIN)/dvc repro
+pipeline: $(STAMP)  ## run the whole DAG on the default data (`lab2prod run` = dvc repro)
+	$(RUN) $(BIN)/lab2prod run
 
-test: $(STAMP)  ## the full test suite (unit, data, model, real DVC pipeline)
+test: lint  ## lint, then the full test suite (unit, data, model, layout, real DVC and Prefect)
 	$(RUN) $(BIN)/pytest
 
 test-fast: $(STAMP)  ## the suite without the slow pipeline tests
 	$(RUN) $(BIN)/pytest -m "not slow"
 
-lint: $(STAMP)  ## ruff: undefined and unused names
-	$(BIN)/ruff check tasks models flows tests benchmarks
+LINTED := lab2prod tasks models flows tests benchmarks
+
+lint: $(STAMP)  ## ruff check (E, W, F, I, B, UP, SIM; 120 columns) and ruff format --check
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+format: $(STAMP)  ## ruff format and the safe ruff fixes, in place
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 bench: $(STAMP)  ## accuracy over seeds vs the baseline; Lightning vs a plain loop; Prefect vs dvc repro
 	$(RUN) $(BIN)/python -m benchmarks.accuracy_seeds --seeds 3
@@ -46,13 +53,13 @@ PREFECT_PORT ?= 4200
 export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
 prefect-server: $(STAMP)  ## start a local Prefect server (SQLite in ~/.prefect), UI on :4200
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	$(BIN)/lab2prod prefect server --port $(PREFECT_PORT)
 
 prefect-deploy: $(STAMP)  ## create the process work pool and register prefect.yaml's deployments
-	$(RUN) $(BIN)/python -m flows.deploy
+	$(RUN) $(BIN)/lab2prod prefect deploy
 
-prefect-worker: prefect-deploy  ## register, then run flow runs from the pool on this machine
-	$(RUN) $(BIN)/prefect worker start --pool lab2prod-process
+prefect-worker: $(STAMP)  ## register, then run flow runs from the pool on this machine
+	$(RUN) $(BIN)/lab2prod prefect worker
 
 prefect-run: $(STAMP)  ## trigger one on-demand run and follow it (needs a worker)
-	$(BIN)/prefect deployment run 'training-pipeline/training-pipeline' --watch
+	$(BIN)/lab2prod prefect run training-pipeline

@@ -29,14 +29,14 @@ from lab2prod.layout import Workspace
 from lab2prod.machine import describe_machine as hardware
 from lab2prod.settings import load_params
 from models.data import ArrayBatches, ArrayDataModule
-from models.networks import build_network
+from models.networks import ModelSpec
 from models.trainer import make_trainer
 from tasks.augment import augment
 from tasks.ingest import ingest
 from tasks.train import build_classifier, network_spec
 
 
-def lightning_epoch(spec: dict, ws: Workspace, params) -> float:
+def lightning_epoch(spec: ModelSpec, ws: Workspace, params) -> float:
     cfg = params.train
     model = build_classifier(cfg, spec)
     dm = ArrayDataModule(ws.augmented / "train.npz", ws.prepared / "val.npz", cfg.batch_size, cfg.seed)
@@ -46,11 +46,11 @@ def lightning_epoch(spec: dict, ws: Workspace, params) -> float:
     return time.perf_counter() - start
 
 
-def plain_epoch(spec: dict, ws: Workspace, params) -> float:
+def plain_epoch(spec: ModelSpec, ws: Workspace, params) -> float:
     cfg = params.train
     start = time.perf_counter()
     x, y = load_split(ws.augmented / "train.npz")
-    net = build_network(**spec).train()
+    net = spec.build().train()
     batches = ArrayBatches(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=len(batches), pct_start=0.25)

@@ -7,6 +7,7 @@ from typing import Any
 
 from lab2prod.files import atomic_file
 from lab2prod.settings import Params
+from models.model_file import ModelInfo
 
 INT8_FASTER = "INT8 faster"
 INT8_SLOWER = "INT8 slower: without VNNI/AMX instructions INT8 kernels rarely pay off"
@@ -18,7 +19,7 @@ def _pct(value: float | None) -> str:
 
 def write_model_card(
     path: Path,
-    info: dict[str, Any],
+    info: ModelInfo,
     params: Params,
     evaluate: dict[str, Any],
     benchmark: dict[str, Any],
@@ -26,7 +27,7 @@ def write_model_card(
 ) -> None:
     machine, variants = benchmark["machine"], benchmark["variants"]
     default = benchmark["deployable_default"]
-    h, w, c = info["image_shape"]
+    h, w, c = info.image_shape
     lines = [
         "# Model card",
         "",
@@ -34,7 +35,7 @@ def write_model_card(
         "on the machine below).",
         "",
         "## Intended use",
-        f"Image classification into {len(info['classes'])} classes: {', '.join(info['classes'])}. "
+        f"Image classification into {len(info.classes)} classes: {', '.join(info.classes)}. "
         f"Input: float32 `(batch, {c}, {h}, {w})` = pixel / 255, images resized to {h}x{w}"
         f"{' grayscale' if c == 1 else ' RGB'}; output: logits (argmax = class index into the list above). "
         "Normalisation is inside the model.",
@@ -86,7 +87,7 @@ def write_model_card(
     lines += [
         "",
         "## Lineage",
-        *(f"- {k}: `{v}`" for k, v in info["lineage"].items()),
+        *(f"- {k}: `{v}`" for k, v in info.lineage.model_dump().items()),
         "",
         "## Limits",
         "- Images are stretched to a square, not cropped: very elongated images lose shape.",

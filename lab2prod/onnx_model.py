@@ -17,6 +17,7 @@ import torch
 
 from lab2prod.dataset import to_model_input
 from lab2prod.errors import ParityError
+from models.model_file import ModelInfo
 
 # The exporter's optimiser passes log every rewrite at INFO; keep the stages' own lines readable.
 for _noisy in ("onnx_ir", "onnxscript"):
@@ -50,15 +51,15 @@ def to_onnx(net: torch.nn.Module, image_shape: list[int], path: Path, opset: int
     program.save(str(path))
 
 
-def add_metadata(path: Path, info: dict, variant: str) -> None:
+def add_metadata(path: Path, info: ModelInfo, variant: str) -> None:
     """Classes, input layout, normalisation note, variant and lineage as ONNX metadata_props."""
     model = onnx.load(str(path))
     props = {
-        "classes": json.dumps(info["classes"]),
-        "image_shape_hwc": json.dumps(info["image_shape"]),
-        "input": info["input"],
+        "classes": json.dumps(info.classes),
+        "image_shape_hwc": json.dumps(info.image_shape),
+        "input": info.input,
         "variant": variant,
-        **{k: str(v) for k, v in info["lineage"].items()},
+        **{k: str(v) for k, v in info.lineage.model_dump().items()},
         "producer": "lab2prod",
     }
     del model.metadata_props[:]

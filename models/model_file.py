@@ -1,33 +1,59 @@
 """The weights-only model file every stage after train loads: tensors and plain data, no pickled code.
 
-    {"format": "lab2prod-model/1", "spec": build_network's arguments, "info": classes, input shape,
-     lineage, "state_dict": the weights}
+    {"format": "lab2prod-model/1", "spec": ModelSpec (build_network's arguments),
+     "info": classes, input shape, lineage, variant, "state_dict": the weights}
 
-`torch.load(..., weights_only=True)` reads it safely; `load_model_file` rebuilds the network, with the
-channel counts of a structurally pruned network read back from its tensors.
+`torch.load(..., weights_only=True)` reads it safely; `load_model_file` validates the records and
+rebuilds the network, with the channel counts of a structurally pruned network read back from its tensors.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from lab2prod.errors import DataError
 from lab2prod.files import atomic_file
-from models.networks import build_network
+from models.networks import ModelSpec
+
+FORMAT = "lab2prod-model/1"
 
 
-def save_model_file(path: Path | str, net: nn.Module, spec: dict[str, Any], info: dict[str, Any]) -> None:
-    """Weights-only model file: tensors plus plain data, loadable with `torch.load(weights_only=True)`.
+class Lineage(BaseModel):
+    """Where a model came from: the data, the settings and the code that made it."""
 
-    `spec` holds build_network's arguments; `info` classes, input shape and lineage.
-    """
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset_hash: str  # meta.json's content hash of the prepared images and labels
+    train_inputs_hash: str  # the exact training and validation files
+    params_hash: str  # the train settings
+    git_commit: str  # the code (suffixed -dirty when it had uncommitted changes)
+
+
+class ModelInfo(BaseModel):
+    """Everything about a model but its weights: how to build it, what it predicts, where it came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: ModelSpec
+    classes: list[str]
+    image_shape: list[int] = Field(min_length=3, max_length=3)  # H, W, C
+    input: str = "float32 NCHW, pixel / 255 (normalisation is inside the network)"
+    lineage: Lineage
+    best_val_loss: float | None = None
+    epochs_trained: int | None = None
+    variant: str = "fp32"
+
+
+def save_model_file(path: Path | str, net: nn.Module, info: ModelInfo) -> None:
+    """Weights-only model file: tensors plus plain data, loadable with `torch.load(weights_only=True)`."""
     payload = {
-        "format": "lab2prod-model/1",
-        "spec": spec,
-        "info": info,
+        "format": FORMAT,
+        "spec": info.spec.model_dump(),
+        "info": info.model_dump(exclude={"spec"}),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
     with atomic_file(path) as tmp:
@@ -61,9 +87,13 @@ def fit_shapes_to(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mod
     return net
 
 
-def load_model_file(path: Path | str) -> tuple[nn.Sequential, dict[str, Any]]:
+def load_model_file(path: Path | str) -> tuple[nn.Sequential, ModelInfo]:
     """Rebuild the network from a model file (safe: weights_only=True). Returns (net in eval mode, info)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    net = fit_shapes_to(build_network(**payload["spec"]), payload["state_dict"])
+    try:
+        info = ModelInfo.model_validate({**payload["info"], "spec": payload["spec"]})
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise DataError(f"{path}: not a lab2prod model file ({FORMAT}): {exc}") from None
+    net = fit_shapes_to(info.spec.build(), payload["state_dict"])
     net.load_state_dict(payload["state_dict"])
-    return net.eval(), payload["info"]
+    return net.eval(), info

@@ -7,7 +7,25 @@ the exported ONNX model needs no preprocessing beyond `pixel / 255`.
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+
+class ModelSpec(BaseModel):
+    """What `build_network` needs to rebuild a network: stored in every model file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    architecture: str
+    in_channels: int
+    n_classes: int
+    width: int
+    dropout: float
+    mean: list[float]  # per-channel normalisation statistics of the training images, pixel / 255
+    std: list[float]
+
+    def build(self) -> nn.Sequential:
+        return build_network(**self.model_dump())
 
 
 class Normalize(nn.Module):

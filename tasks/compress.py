@@ -42,7 +42,7 @@ from lab2prod.settings import Params, load_params
 from models.classifier import DistillationModule, ImageClassifier
 from models.data import ArrayDataModule
 from models.model_file import load_model_file, save_model_file
-from models.networks import build_network, count_macs_and_params
+from models.networks import count_macs_and_params
 from models.trainer import make_trainer
 
 log = logging.getLogger("tasks.compress")  # not __name__: that is __main__ under python -m
@@ -73,15 +73,14 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     """Build, score and gate every enabled variant. Returns the metrics written to metrics/compress.json."""
     cfg = params.compress
     teacher, info = load_model_file(ws.model)
-    spec = torch.load(ws.model, map_location="cpu", weights_only=True)["spec"]
     x_test, y_test = load_split(ws.prepared / "test.npz")
     y_true = y_test.numpy()
     data = ArrayDataModule(ws.augmented / "train.npz", ws.prepared / "val.npz", params.train.batch_size, cfg.seed)
     wd = params.train.weight_decay
-    classes, n_classes = info["classes"], len(info["classes"])
+    classes, n_classes = info.classes, len(info.classes)
 
     def describe(net: nn.Module, path: Path) -> dict[str, Any]:
-        macs, n_params = count_macs_and_params(net, info["image_shape"])
+        macs, n_params = count_macs_and_params(net, info.image_shape)
         return {
             **scores(y_true, torch_top1(net, x_test), classes),
             "macs": macs,
@@ -93,18 +92,18 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     variants: dict[str, dict[str, Any]] = {}
     with atomic_dir(ws.compressed) as tmp, tempfile.TemporaryDirectory() as scratch:
         reference = Path(scratch) / "fp32.pt"
-        save_model_file(reference, teacher, spec, info)
+        save_model_file(reference, teacher, info)
         fp32 = describe(teacher, reference)
         fp32["file"] = str(ws.model)
         fp32_preds = torch_top1(teacher, x_test)
 
         if cfg.prune.enabled:
             log.info("compress: structured pruning to <= %.0f%% of the MACs", 100 * cfg.prune.target_macs)
-            pruned = structured_prune(teacher, info["image_shape"], cfg.prune.target_macs, cfg.prune.round_to)
+            pruned = structured_prune(teacher, info.image_shape, cfg.prune.target_macs, cfg.prune.round_to)
             if cfg.prune.finetune_epochs:
                 module = ImageClassifier(pruned, n_classes, lr=cfg.prune.lr, weight_decay=wd)
                 pruned = finetune(module, data, cfg.prune.finetune_epochs, cfg.seed)
-            save_model_file(tmp / "pruned.pt", pruned, spec, {**info, "variant": "pruned"})
+            save_model_file(tmp / "pruned.pt", pruned, info.model_copy(update={"variant": "pruned"}))
             variants["pruned"] = describe(pruned, tmp / "pruned.pt")
             variants["pruned"].update(
                 macs_vs_fp32=variants["pruned"]["macs"] / fp32["macs"], macs_target=cfg.prune.target_macs
@@ -118,15 +117,15 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
             sparse, sparsity = unstructured_prune(
                 teacher, cfg.sparse.sparsity, finetune_sparse if cfg.sparse.finetune_epochs else None
             )
-            save_model_file(tmp / "sparse.pt", sparse, spec, {**info, "variant": "sparse"})
+            save_model_file(tmp / "sparse.pt", sparse, info.model_copy(update={"variant": "sparse"}))
             variants["sparse"] = {**describe(sparse, tmp / "sparse.pt"), "sparsity": sparsity}
         if cfg.distill.enabled:
             d = cfg.distill
             log.info("compress: distilling into a width-%d student for %d epochs", d.student_width, d.epochs)
-            student_spec = {**spec, "width": d.student_width}
+            student_spec = info.spec.model_copy(update={"width": d.student_width})
             L.seed_everything(cfg.seed, workers=True, verbose=False)  # the student's initial weights
             module = DistillationModule(
-                build_network(**student_spec),
+                student_spec.build(),
                 teacher,
                 n_classes,
                 lr=d.lr,
@@ -135,12 +134,13 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
                 alpha=d.alpha,
             )
             student = finetune(module, data, d.epochs, cfg.seed)
-            save_model_file(tmp / "student.pt", student, student_spec, {**info, "variant": "student"})
+            student_info = info.model_copy(update={"variant": "student", "spec": student_spec})
+            save_model_file(tmp / "student.pt", student, student_info)
             variants["student"] = describe(student, tmp / "student.pt")
         if cfg.int8.enabled:
             log.info("compress: INT8 %s quantization with ONNX Runtime", cfg.int8.mode)
             fp32_onnx = Path(scratch) / "fp32.onnx"
-            to_onnx(teacher, info["image_shape"], fp32_onnx, params.export.opset)
+            to_onnx(teacher, info.image_shape, fp32_onnx, params.export.opset)
             x_train, _ = load_split(ws.prepared / "train.npz")
             pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))
             quantize_int8(fp32_onnx, tmp / "int8.onnx", x_train[pick[: cfg.int8.calibration_images]], cfg.int8)

@@ -65,7 +65,7 @@ def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], c
 def evaluate(cfg: EvaluateConfig, ws: Workspace = WORKSPACE) -> dict:
     """Score the model (and the baseline) on the test split; write metrics and plots. Returns the metrics."""
     net, info = load_model_file(ws.model)
-    classes = info["classes"]
+    classes = info.classes
     x_test, y_test = load_split(ws.prepared / "test.npz")
     y_true = y_test.numpy()
     y_pred = torch_top1(net, x_test)
@@ -81,7 +81,7 @@ def evaluate(cfg: EvaluateConfig, ws: Workspace = WORKSPACE) -> dict:
             "accuracy": accuracy_score(y_true, y_base),
             "f1_macro": f1_score(y_true, y_base, average="macro"),
         }
-    metrics["lineage"] = info["lineage"]
+    metrics["lineage"] = info.lineage.model_dump()
     save_confusion(y_true, y_pred, classes, ws.predictions, ws.confusion_png)
     write_json(ws.evaluate_metrics, metrics)
 

@@ -46,7 +46,7 @@ def export_checked(
 ) -> dict[str, Any]:
     """Export one PyTorch model, check it fully and match it to PyTorch; returns its parity record."""
     cfg = params.export
-    to_onnx(net, info["image_shape"], path, cfg.opset)
+    to_onnx(net, info.image_shape, path, cfg.opset)
     add_metadata(path, info, variant)
     onnx.checker.check_model(str(path), full_check=True)
     sess = session(path)

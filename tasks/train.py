@@ -1,7 +1,7 @@
 """Stage 3, train: Lightning training on the augmented split, early-stopped on the val split.
 
 Writes:
-    artifacts/train/model.pt          weights-only model file (load with models.networks.load_model_file)
+    artifacts/train/model.pt          weights-only model file (load with models.model_file.load_model_file)
     artifacts/train/checkpoints/      Lightning checkpoints (best, last) + run.json; kept across runs so
                                       a killed run resumes from last.ckpt when data and settings match
     metrics/train/                    DVCLive metrics.json and per-epoch curves for `dvc plots`
@@ -27,8 +27,8 @@ from lab2prod.lineage import git_commit
 from lab2prod.settings import Params, TrainConfig, load_params
 from models.classifier import ImageClassifier
 from models.data import ArrayDataModule
-from models.model_file import save_model_file
-from models.networks import build_network
+from models.model_file import Lineage, ModelInfo, save_model_file
+from models.networks import ModelSpec
 from models.trainer import EpochLog, make_trainer
 
 log = logging.getLogger("tasks.train")  # not __name__: that is __main__ under python -m
@@ -55,24 +55,24 @@ def checkpoint_to_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
     return None
 
 
-def network_spec(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
-    """build_network's arguments from the train settings and the prepared data's meta.json."""
-    return {
-        "architecture": cfg.architecture,
-        "in_channels": meta["image_shape"][2],
-        "n_classes": len(meta["classes"]),
-        "width": cfg.width,
-        "dropout": cfg.dropout,
-        "mean": meta["normalization"]["mean"],
-        "std": meta["normalization"]["std"],
-    }
+def network_spec(cfg: TrainConfig, meta: dict[str, Any]) -> ModelSpec:
+    """The network to train, from the train settings and the prepared data's meta.json."""
+    return ModelSpec(
+        architecture=cfg.architecture,
+        in_channels=meta["image_shape"][2],
+        n_classes=len(meta["classes"]),
+        width=cfg.width,
+        dropout=cfg.dropout,
+        mean=meta["normalization"]["mean"],
+        std=meta["normalization"]["std"],
+    )
 
 
-def build_classifier(cfg: TrainConfig, spec: dict[str, Any]) -> ImageClassifier:
+def build_classifier(cfg: TrainConfig, spec: ModelSpec) -> ImageClassifier:
     """A fresh network in the training recipe's LightningModule (draws the initial weights: seed first)."""
     return ImageClassifier(
-        build_network(**spec),
-        spec["n_classes"],
+        spec.build(),
+        spec.n_classes,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing,
@@ -87,7 +87,6 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     """
     cfg = params.train
     meta = read_json(ws.prepared / "meta.json")
-    height, width, channels = meta["image_shape"]
     spec = network_spec(cfg, meta)
     inputs_hash = files_digest(ws.augmented / "train.npz", ws.prepared / "val.npz")
     fingerprint = f"{inputs_hash}-{params.section_hash('train')}"
@@ -120,24 +119,25 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
         return {}
     state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict(state)
-    info = {
-        "classes": meta["classes"],
-        "image_shape": [height, width, channels],
-        "input": "float32 NCHW, pixel / 255 (normalisation is inside the network)",
-        "best_val_loss": float(best.best_model_score),
-        "epochs_trained": trainer.current_epoch,
-        "lineage": {
-            "dataset_hash": meta["dataset_hash"],
-            "train_inputs_hash": inputs_hash,
-            "params_hash": params.section_hash("train"),
-            "git_commit": git_commit(),
-        },
-    }
-    save_model_file(ws.model, model.net, spec, info)
+    lineage = Lineage(
+        dataset_hash=meta["dataset_hash"],
+        train_inputs_hash=inputs_hash,
+        params_hash=params.section_hash("train"),
+        git_commit=git_commit(),
+    )
+    info = ModelInfo(
+        spec=spec,
+        classes=meta["classes"],
+        image_shape=meta["image_shape"],
+        lineage=lineage,
+        best_val_loss=float(best.best_model_score),
+        epochs_trained=trainer.current_epoch,
+    )
+    save_model_file(ws.model, model.net, info)
     write_json(ckpt_dir / "run.json", {"fingerprint": fingerprint, "complete": True})
     summary = {
         "epochs": trainer.current_epoch,
-        "best_val_loss": round(info["best_val_loss"], 5),
+        "best_val_loss": round(info.best_val_loss, 5),
         "precision": trainer.precision,
         "device": str(trainer.strategy.root_device),
     }

@@ -17,7 +17,7 @@ from lab2prod.settings import validate_params
 from models.classifier import DistillationModule
 from models.data import ArrayDataModule
 from models.model_file import load_model_file
-from models.networks import build_network, count_macs_and_params
+from models.networks import count_macs_and_params
 from tasks.compress import compress, finetune
 from tasks.export import export
 from tests.conftest import TINY
@@ -43,8 +43,8 @@ def test_every_variant_is_built_scored_and_accepted_under_generous_gates(tiny_ru
 def test_structured_pruning_really_removes_channels(tiny_run: dict[str, Path]) -> None:
     fp32, _ = load_model_file(tiny_run["model"])
     pruned, info = load_model_file(tiny_run["compressed"] / "pruned.pt")  # weights_only load, shapes rebuilt
-    fp32_macs, fp32_params = count_macs_and_params(fp32, info["image_shape"])
-    macs, params = count_macs_and_params(pruned, info["image_shape"])
+    fp32_macs, fp32_params = count_macs_and_params(fp32, info.image_shape)
+    macs, params = count_macs_and_params(pruned, info.image_shape)
     assert macs <= 0.5 * fp32_macs and params < fp32_params
     convs = lambda net: [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]  # noqa: E731
     assert sum(convs(pruned)) < sum(convs(fp32))
@@ -66,8 +66,8 @@ def test_student_is_narrower_and_distillation_leaves_the_teacher_alone(tiny_run:
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
 
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    spec = torch.load(tiny_run["model"], weights_only=True)["spec"]
-    student = build_network(**{**spec, "width": 4})
+    _, info = load_model_file(tiny_run["model"])
+    student = info.spec.model_copy(update={"width": 4}).build()
     module = DistillationModule(student, teacher, 10, lr=0.01, weight_decay=0.0, temperature=4.0, alpha=0.7)
     data = ArrayDataModule(tiny_run["augmented"] / "train.npz", tiny_run["prepared"] / "val.npz", 256, 0)
     finetune(module, data, epochs=1, seed=0)

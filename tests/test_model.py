@@ -41,10 +41,11 @@ def test_model_file_is_weights_only_with_lineage(run: dict[str, Path]) -> None:
     payload = torch.load(run["model"], weights_only=True)  # raises if anything but tensors/plain data
     assert payload["format"] == "lab2prod-model/1"
     net, info = load_model_file(run["model"])
-    assert info["classes"] == [str(i) for i in range(10)] and info["image_shape"] == [8, 8, 1]
-    assert set(info["lineage"]) == {"dataset_hash", "train_inputs_hash", "params_hash", "git_commit"}
+    assert info.classes == [str(i) for i in range(10)] and info.image_shape == [8, 8, 1]
+    assert set(payload["info"]["lineage"]) == {"dataset_hash", "train_inputs_hash", "params_hash", "git_commit"}
+    assert payload["spec"]["architecture"] == "small_cnn" and info.spec.n_classes == 10
     meta = json.loads((run["prepared"] / "meta.json").read_text())
-    assert info["lineage"]["dataset_hash"] == meta["dataset_hash"]
+    assert info.lineage.dataset_hash == meta["dataset_hash"]
 
 
 def test_training_learns(run: dict[str, Path]) -> None:
@@ -84,7 +85,7 @@ def test_onnx_file_is_checked_dynamic_and_carries_metadata(run: dict[str, Path])
     assert json.loads(meta["classes"]) == [str(i) for i in range(10)]
     assert json.loads(meta["image_shape_hwc"]) == [8, 8, 1]
     _, info = load_model_file(run["model"])
-    assert meta["dataset_hash"] == info["lineage"]["dataset_hash"] and meta["git_commit"]
+    assert meta["dataset_hash"] == info.lineage.dataset_hash and meta["git_commit"]
     session = ort.InferenceSession(str(run["onnx"]), providers=["CPUExecutionProvider"])
     for batch in (1, 3, 64):
         assert session.run(None, {"pixels": np.random.rand(batch, 1, 8, 8).astype(np.float32)})[0].shape == (batch, 10)
