@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -14,36 +13,38 @@ from torch import nn
 
 from lab2prod.dataset import to_model_input
 from lab2prod.onnx_model import session
+from lab2prod.records import VariantResult
 from lab2prod.settings import CompressConfig, Int8Config
 from models.networks import count_macs_and_params
 
 
-def judge(variant: dict[str, Any], fp32: dict[str, Any], cfg: CompressConfig) -> dict[str, Any]:
-    """The verdict on a variant against the FP32 model's scores: its drops, accepted or not, and why."""
+def judge(variant: VariantResult, fp32: VariantResult, cfg: CompressConfig) -> VariantResult:
+    """The variant with its verdict against the FP32 model's scores: its drops, accepted or not, and why."""
     reasons = []
-    acc_drop = 100 * (fp32["accuracy"] - variant["accuracy"])
-    f1_drop = 100 * (fp32["f1_macro"] - variant["f1_macro"])
+    acc_drop = 100 * (fp32.accuracy - variant.accuracy)
+    f1_drop = 100 * (fp32.f1_macro - variant.f1_macro)
     if acc_drop > cfg.max_accuracy_drop:
         reasons.append(f"accuracy drops {acc_drop:.2f} points > compress.max_accuracy_drop = {cfg.max_accuracy_drop}")
     if f1_drop > cfg.max_f1_drop:
         reasons.append(f"macro F1 drops {f1_drop:.2f} points > compress.max_f1_drop = {cfg.max_f1_drop}")
-    if "macs_target" in variant and variant["macs_vs_fp32"] > variant["macs_target"]:
+    if variant.macs_target is not None and variant.macs_vs_fp32 > variant.macs_target:
         reasons.append(
-            f"pruning reached {variant['macs_vs_fp32']:.2f} of the FP32 MACs, not "
-            f"compress.prune.target_macs = {variant['macs_target']} (lower prune.round_to?)"
+            f"pruning reached {variant.macs_vs_fp32:.2f} of the FP32 MACs, not "
+            f"compress.prune.target_macs = {variant.macs_target} (lower prune.round_to?)"
         )
-    agreement = variant.get("top1_agreement_with_fp32")
+    agreement = variant.top1_agreement_with_fp32
     if agreement is not None and agreement < cfg.int8.min_top1_agreement:
         reasons.append(
             f"top-1 agreement with FP32 {agreement:.4f} < compress.int8.min_top1_agreement = "
             f"{cfg.int8.min_top1_agreement}"
         )
-    return {
+    verdict = {
         "accuracy_drop_points": round(acc_drop, 4),
         "f1_drop_points": round(f1_drop, 4),
         "accepted": not reasons,
         "reason": "; ".join(reasons) or "within thresholds",
     }
+    return variant.model_copy(update=verdict)
 
 
 def structured_prune(net: nn.Module, image_shape: list[int], target_macs: float, round_to: int = 1) -> nn.Module:

@@ -34,10 +34,11 @@ from torch import nn
 from lab2prod.compression import judge, quantize_int8, structured_prune, unstructured_prune
 from lab2prod.console import ParamsFile, run_stage
 from lab2prod.dataset import load_split
-from lab2prod.files import atomic_dir, write_json
+from lab2prod.files import atomic_dir
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.metrics import classification_metrics, torch_top1
 from lab2prod.onnx_model import onnx_top1, to_onnx
+from lab2prod.records import CompressReport, VariantResult
 from lab2prod.settings import Params, load_params
 from models.classifier import DistillationModule, ImageClassifier
 from models.data import ArrayDataModule
@@ -79,22 +80,22 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     wd = params.train.weight_decay
     classes, n_classes = info.classes, len(info.classes)
 
-    def describe(net: nn.Module, path: Path) -> dict[str, Any]:
+    def describe(net: nn.Module, path: Path, **evidence: Any) -> VariantResult:
         macs, n_params = count_macs_and_params(net, info.image_shape)
-        return {
+        return VariantResult(
             **scores(y_true, torch_top1(net, x_test), classes),
-            "macs": macs,
-            "params": n_params,
-            "file": str(ws.compressed / path.name),
-            "bytes": path.stat().st_size,
-        }
+            macs=macs,
+            params=n_params,
+            file=str(ws.compressed / path.name),
+            bytes=path.stat().st_size,
+            **evidence,
+        )
 
-    variants: dict[str, dict[str, Any]] = {}
+    variants: dict[str, VariantResult] = {}
     with atomic_dir(ws.compressed) as tmp, tempfile.TemporaryDirectory() as scratch:
         reference = Path(scratch) / "fp32.pt"
         save_model_file(reference, teacher, info)
-        fp32 = describe(teacher, reference)
-        fp32["file"] = str(ws.model)
+        fp32 = describe(teacher, reference).model_copy(update={"file": str(ws.model)})
         fp32_preds = torch_top1(teacher, x_test)
 
         if cfg.prune.enabled:
@@ -104,9 +105,9 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
                 module = ImageClassifier(pruned, n_classes, lr=cfg.prune.lr, weight_decay=wd)
                 pruned = finetune(module, data, cfg.prune.finetune_epochs, cfg.seed)
             save_model_file(tmp / "pruned.pt", pruned, info.model_copy(update={"variant": "pruned"}))
-            variants["pruned"] = describe(pruned, tmp / "pruned.pt")
-            variants["pruned"].update(
-                macs_vs_fp32=variants["pruned"]["macs"] / fp32["macs"], macs_target=cfg.prune.target_macs
+            result = describe(pruned, tmp / "pruned.pt")
+            variants["pruned"] = result.model_copy(
+                update={"macs_vs_fp32": result.macs / fp32.macs, "macs_target": cfg.prune.target_macs}
             )
         if cfg.sparse.enabled:
 
@@ -118,7 +119,7 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
                 teacher, cfg.sparse.sparsity, finetune_sparse if cfg.sparse.finetune_epochs else None
             )
             save_model_file(tmp / "sparse.pt", sparse, info.model_copy(update={"variant": "sparse"}))
-            variants["sparse"] = {**describe(sparse, tmp / "sparse.pt"), "sparsity": sparsity}
+            variants["sparse"] = describe(sparse, tmp / "sparse.pt", sparsity=sparsity)
         if cfg.distill.enabled:
             d = cfg.distill
             log.info("compress: distilling into a width-%d student for %d epochs", d.student_width, d.epochs)
@@ -145,40 +146,37 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
             pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))
             quantize_int8(fp32_onnx, tmp / "int8.onnx", x_train[pick[: cfg.int8.calibration_images]], cfg.int8)
             preds = onnx_top1(tmp / "int8.onnx", x_test)
-            variants["int8"] = {
+            variants["int8"] = VariantResult(
                 **scores(y_true, preds, classes),
-                "macs": fp32["macs"],
-                "params": fp32["params"],
-                "file": str(ws.compressed / "int8.onnx"),
-                "bytes": (tmp / "int8.onnx").stat().st_size,
-                "fp32_onnx_bytes": fp32_onnx.stat().st_size,
-                "top1_agreement_with_fp32": float((preds == fp32_preds).mean()),
-            }
+                macs=fp32.macs,
+                params=fp32.params,
+                file=str(ws.compressed / "int8.onnx"),
+                bytes=(tmp / "int8.onnx").stat().st_size,
+                fp32_onnx_bytes=fp32_onnx.stat().st_size,
+                top1_agreement_with_fp32=float((preds == fp32_preds).mean()),
+            )
 
         for name, variant in variants.items():
-            variants[name] = {**variant, **judge(variant, fp32, cfg)}
-            if not variants[name]["accepted"]:
-                (tmp / Path(variant["file"]).name).unlink()
-                variants[name]["file"] = None
-        metrics = {
-            "fp32": fp32,
-            "variants": variants,
-            "thresholds": {"max_accuracy_drop_points": cfg.max_accuracy_drop, "max_f1_drop_points": cfg.max_f1_drop},
-        }
-        write_json(ws.compress_metrics, metrics)
+            variants[name] = judge(variant, fp32, cfg)
+            if not variants[name].accepted:
+                (tmp / Path(variant.file).name).unlink()
+                variants[name] = variants[name].model_copy(update={"file": None})
+        thresholds = {"max_accuracy_drop_points": cfg.max_accuracy_drop, "max_f1_drop_points": cfg.max_f1_drop}
+        report = CompressReport(fp32=fp32, variants=variants, thresholds=thresholds)
+        report.write(ws.compress_metrics)
 
     for name, v in variants.items():
+        verdict = "ACCEPTED" if v.accepted else f"REJECTED: {v.reason}"
         log.info(
-            "compress: %-7s %s  accuracy %.4f (drop %.2f pt), MACs %d, %d bytes%s",
+            "compress: %-7s accuracy %.4f (drop %.2f pt), MACs %d, %d bytes; %s",
             name,
-            "ACCEPTED" if v["accepted"] else "REJECTED",
-            v["accuracy"],
-            v["accuracy_drop_points"],
-            v["macs"],
-            v["bytes"],
-            "" if v["accepted"] else f": {v['reason']}",
+            v.accuracy,
+            v.accuracy_drop_points,
+            v.macs,
+            v.bytes,
+            verdict,
         )
-    return metrics
+    return report.model_dump(mode="json", exclude_unset=True)
 
 
 def main(params: ParamsFile = PARAMS) -> None:

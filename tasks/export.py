@@ -34,6 +34,7 @@ from lab2prod.machine import cpu_features
 from lab2prod.metrics import torch_top1
 from lab2prod.model_card import write_model_card
 from lab2prod.onnx_model import add_metadata, check_parity, onnx_top1, session, to_onnx
+from lab2prod.records import CompressReport
 from lab2prod.serving_speed import measure, onnx_runner, torch_runner
 from lab2prod.settings import Params, load_params
 from models.model_file import load_model_file
@@ -88,8 +89,8 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
             f"needs {max(cfg.parity_batch_sizes)}: lower the largest batch size to at most {len(x_test)}, or "
             "raise ingest.test_fraction / add images"
         )
-    compress = read_json(ws.compress_metrics) if ws.compress_metrics.exists() else {"variants": {}}
-    accepted = {name: v for name, v in compress["variants"].items() if v.get("accepted")}
+    compress = CompressReport.read(ws.compress_metrics) if ws.compress_metrics.exists() else None
+    accepted = compress.accepted if compress else {}
 
     with atomic_dir(ws.exported) as tmp:
         records = {"fp32": export_checked(net, info, tmp / "model.onnx", "fp32", params, x_test)}
@@ -111,26 +112,21 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
         )
         benchmark = {"machine": cpu_features(), "variants": {}}
         evaluate = read_json(ws.evaluate_metrics) if ws.evaluate_metrics.exists() else {}
-        fp32_scores = compress.get("fp32") or {
-            "accuracy": evaluate.get("accuracy"),
-            "f1_macro": evaluate.get("f1_macro"),
-        }
+        # FP32's scores: compress scored it beside its variants; without compress, evaluate's figures
+        fp32_scores = compress.fp32.model_dump() if compress else evaluate
         for runner_name, figures in speed.items():
             variant = "fp32" if runner_name in ("pytorch_eager", "onnx_fp32") else runner_name.removeprefix("onnx_")
-            scored = fp32_scores if variant == "fp32" else accepted[variant]
+            scored = fp32_scores if variant == "fp32" else accepted[variant].model_dump()
             size = ws.model.stat().st_size if runner_name == "pytorch_eager" else records[variant]["onnx_bytes"]
             benchmark["variants"][runner_name] = {
                 **figures,
                 "bytes": size,
-                "accuracy": scored.get("accuracy"),
-                "f1_macro": scored.get("f1_macro"),
-                "macs": scored.get("macs"),
-                "params": scored.get("params"),
+                **{k: scored.get(k) for k in ("accuracy", "f1_macro", "macs", "params")},
             }
         onnx_names = [n for n in benchmark["variants"] if n.startswith("onnx_")]
         default = min(onnx_names, key=lambda n: benchmark["variants"][n]["batch1_p50_ms"])
         benchmark["deployable_default"] = default
-        benchmark["rejected"] = {n: v["reason"] for n, v in compress["variants"].items() if not v.get("accepted")}
+        benchmark["rejected"] = compress.rejected if compress else {}
         write_model_card(tmp / "model_card.md", info, params, evaluate, benchmark, read_json(ws.prepared / "meta.json"))
 
     write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})

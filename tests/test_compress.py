@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from lab2prod.compression import judge
+from lab2prod.errors import DataError
+from lab2prod.records import CompressReport, VariantResult
 from lab2prod.settings import validate_params
 from models.classifier import DistillationModule
 from models.data import ArrayDataModule
@@ -129,14 +131,27 @@ def test_absurd_pruning_is_rejected_and_not_exported(tiny_run: dict[str, Path], 
     assert "pruned: accuracy drops" in (tmp_path / "export/model_card.md").read_text()
 
 
+def result(**scores: float) -> VariantResult:
+    return VariantResult(macs=1000, params=100, file="x.pt", bytes=400, **scores)
+
+
 def test_judge_applies_each_threshold() -> None:
     cfg = validate_params({}).compress
-    fp32 = {"accuracy": 0.99, "f1_macro": 0.99}
-    ok = {"accuracy": 0.987, "f1_macro": 0.988}
-    assert judge(ok, fp32, cfg)["accepted"] and "accepted" not in ok  # a verdict, the variant untouched
-    worse = judge({"accuracy": 0.98, "f1_macro": 0.99}, fp32, cfg)
-    assert not worse["accepted"] and "accuracy drops 1.00 points" in worse["reason"]
-    short_of_target = judge({"accuracy": 0.99, "f1_macro": 0.99, "macs_vs_fp32": 0.6, "macs_target": 0.5}, fp32, cfg)
-    assert not short_of_target["accepted"] and "prune.target_macs" in short_of_target["reason"]
-    disagreeing = judge({"accuracy": 0.99, "f1_macro": 0.99, "top1_agreement_with_fp32": 0.95}, fp32, cfg)
-    assert not disagreeing["accepted"] and "min_top1_agreement" in disagreeing["reason"]
+    fp32 = result(accuracy=0.99, f1_macro=0.99)
+    ok = result(accuracy=0.987, f1_macro=0.988)
+    assert judge(ok, fp32, cfg).accepted and ok.accepted is None  # a judged copy, the variant untouched
+    worse = judge(result(accuracy=0.98, f1_macro=0.99), fp32, cfg)
+    assert not worse.accepted and "accuracy drops 1.00 points" in worse.reason
+    short_of_target = judge(result(accuracy=0.99, f1_macro=0.99, macs_vs_fp32=0.6, macs_target=0.5), fp32, cfg)
+    assert not short_of_target.accepted and "prune.target_macs" in short_of_target.reason
+    disagreeing = judge(result(accuracy=0.99, f1_macro=0.99, top1_agreement_with_fp32=0.95), fp32, cfg)
+    assert not disagreeing.accepted and "min_top1_agreement" in disagreeing.reason
+
+
+def test_a_compress_report_is_validated_when_read(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    report = CompressReport.read(tiny_run["compress_metrics"])
+    assert set(report.accepted) == VARIANTS and report.rejected == {}
+    broken = tmp_path / "compress.json"
+    broken.write_text(json.dumps({"fp32": {"accuracy": "high"}, "variants": {}, "thresholds": {}}))
+    with pytest.raises(DataError, match="compress.json: not a compress report"):
+        CompressReport.read(broken)
