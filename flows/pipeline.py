@@ -31,10 +31,10 @@ from prefect.states import State
 from ruamel.yaml import YAML
 
 from flows.reports import metrics_snapshot, publish_run_report
+from lab2prod.dvc_cmd import dvc_command, dvc_env
 from lab2prod.errors import ConfigError, DataError
 from lab2prod.settings import apply_overrides, set_dotted, validate_params
 from lab2prod.storage import is_remote
-from lab2prod.workspace import dvc_command, dvc_env
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Stages whose failures can be passing I/O trouble (a remote source); every other failure is a

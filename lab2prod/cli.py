@@ -18,9 +18,9 @@ import yaml
 from lab2prod.cli_registry import app as registry_app
 from lab2prod.cli_registry import registry_location
 from lab2prod.console import stage_entry
+from lab2prod.dvc_cmd import dvc_command, dvc_env
 from lab2prod.errors import ConfigError, DataError
 from lab2prod.settings import apply_overrides, load_params, validate_params
-from lab2prod.workspace import dvc_command, dvc_env
 
 log = logging.getLogger("lab2prod")
 
@@ -28,7 +28,7 @@ app = typer.Typer(
     name="lab2prod",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     help="From a folder of labelled images to a trained, compressed, ONNX-exported classifier that is registered, "
     "gated and retrained. Run it in the project "
     "root (where dvc.yaml and params.yaml are).",
@@ -38,6 +38,7 @@ prefect_app = typer.Typer(
     help="Run the pipeline from Prefect: a local server, deployments, a worker, a run.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
 app.add_typer(prefect_app, name="prefect")
 
@@ -75,13 +76,25 @@ def run(
     ] = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Run the stages even if DVC sees no change.")] = False,
+    prefect: Annotated[
+        bool,
+        typer.Option(help="Run it as the training-pipeline Prefect flow, once, here (no deployment or worker needed)."),
+    ] = False,
 ) -> None:
     """Run the pipeline with DVC (`dvc repro`): only the stages whose inputs, code or settings changed.
 
     With --set the run is a DVC experiment (`dvc exp run -S ...`): params.yaml stays as it is and
-    `dvc exp show` compares the run with every other.
+    `dvc exp show` compares the run with every other. With --prefect the same stages run as Prefect
+    tasks (retries, artifacts, run log), still through DVC.
     """
     overrides = parse_overrides(set_)
+    if prefect:
+        if stages or force:
+            raise ConfigError("--prefect runs every stage through DVC; it takes no STAGE and no --force")
+        from flows.pipeline import training_pipeline
+
+        training_pipeline(overrides=overrides or None)
+        return
     if overrides:
         args = ["exp", "run", *[a for k, v in overrides.items() for a in ("-S", f"{k}={json.dumps(v)}")]]
     else:

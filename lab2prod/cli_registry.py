@@ -20,7 +20,10 @@ from lab2prod.settings import load_params
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="The model registry: versions, champion, promotion, rollback.", no_args_is_help=True, add_completion=False
+    help="The model registry: versions, champion, promotion, rollback.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
 )
 RegistryOpt = Annotated[
     str | None,
