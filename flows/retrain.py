@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,8 @@ from prefect.transactions import Transaction, get_transaction, transaction
 from flows.pipeline import PROJECT_DIR, has_remote, reproduce_stage, run_dvc, training_pipeline, workspace_lock
 from lab2prod.errors import ConfigError
 from lab2prod.files import read_json
-from lab2prod.gate import decide, export_problem
-from lab2prod.lineage import git_commit
-from lab2prod.registry import (
-    champion,
-    deployable_name,
-    local_copy,
-    location,
-    manifest,
-    register,
-    set_champion,
-    versions,
-)
+from lab2prod.promotion import decide_and_register
+from lab2prod.registry import champion, location, manifest, versions
 from lab2prod.settings import load_params
 from lab2prod.storage import is_remote
 
@@ -120,45 +109,7 @@ def _put_back(txn: Transaction) -> None:
 @task
 def gate_and_register(project: Path, registry: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Score challenger and champion on the new test split, register the challenger, promote if better."""
-    logger = get_run_logger()
-    params = load_params(project / "params.yaml")
-    meta = read_json(project / "data/prepared/meta.json")
-    current = champion(registry)
-    served = deployable_name(project / "metrics/benchmark.json")
-    with tempfile.TemporaryDirectory() as scratch:  # a remote registry's champion file is downloaded
-        champion_onnx = local_copy(registry, current["version"], current["onnx"], Path(scratch)) if current else None
-        decision = decide(
-            project / "artifacts/export" / served,
-            champion_onnx,
-            project / "data/prepared/test.npz",
-            meta["classes"],
-            params.retrain,
-            checks_failed=export_problem(project / "metrics/export.json", served),
-        )
-    evaluate = read_json(project / "metrics/evaluate.json")
-    lineage = {
-        "dataset_hash": meta["dataset_hash"],
-        "params_hash": params.section_hash(),
-        "git_commit": git_commit(),
-        "overrides": overrides,
-        "decision": decision.as_dict(),
-        "metrics": {k: evaluate[k] for k in ("accuracy", "f1_macro", "f1_weighted")},
-    }
-    version = register(registry, project, lineage, parent=current and current["version"])
-    if decision.promote:
-        set_champion(registry, version, decision.reason)
-        logger.info("PROMOTED %s: %s", version, decision.reason)
-    else:
-        logger.warning("NOT PROMOTED %s, champion stays %s: %s", version, current["version"], decision.reason)
-    return {
-        "version": version,
-        "promoted": decision.promote,
-        "reason": decision.reason,
-        "served": served,
-        "champion": champion(registry)["version"],
-        "previous_champion": current and current["version"],
-        "scores": decision.scores,
-    }
+    return decide_and_register(project, registry, overrides, get_run_logger())
 
 
 def _report_failure(flow: Any, flow_run: Any, state: Any) -> None:
@@ -201,7 +152,8 @@ def _decision_report(result: dict[str, Any]) -> str:
         if len(changed) < len(new):
             others = len(new) - len(changed)
             lines.append(f"| recall of {others} other class{'es' if others > 1 else ''} | unchanged | unchanged | |")
-    lines += ["", f"Champion now: **{result['champion']}**. Roll back with `lab2prod registry rollback`."]
+    now = result["champion"] or "none yet"
+    lines += ["", f"Champion now: **{now}**. Roll back with `lab2prod registry rollback`."]
     return "\n".join(lines)
 
 

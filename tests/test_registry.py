@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -14,11 +15,13 @@ from pathlib import Path
 import fsspec
 import pytest
 import torch
+import yaml
 
 from lab2prod.errors import RegistryError
 from lab2prod.files import sha256_file as sha256
 from lab2prod.gate import decide, export_problem
 from lab2prod.onnx_model import to_onnx
+from lab2prod.promotion import decide_and_register
 from lab2prod.registry import (
     champion,
     champion_model,
@@ -33,6 +36,7 @@ from lab2prod.registry import (
 )
 from lab2prod.settings import validate_params
 from models.networks import build_network
+from tests.conftest import TINY
 
 
 @pytest.fixture
@@ -202,3 +206,21 @@ def test_gate_rejects_a_served_file_that_skipped_exports_checks(tiny_run: dict[s
         checks_failed=problem,
     )
     assert not verdict.promote and verdict.reason.startswith("compression/export checks: ")
+
+
+def test_no_champion_and_a_challenger_that_failed_export_checks_is_registered_not_promoted(
+    project: Path, tmp_path: Path, tiny_run: dict[str, Path]
+) -> None:
+    """Issue 13's crash: no champion yet and export's checks missing must end "not promoted", not a TypeError."""
+    shutil.copy2(tiny_run["prepared"] / "test.npz", project / "data/prepared/test.npz")
+    (project / "params.yaml").write_text(yaml.safe_dump(TINY))
+    reg = str(tmp_path / "registry")
+    log = logging.getLogger("test")
+    first = decide_and_register(project, reg, {}, log)  # metrics/export.json absent: the checks did not run
+    assert first["promoted"] is False and "export checks did not run" in first["reason"]
+    assert first["champion"] is None and first["previous_champion"] is None
+    assert champion(reg) is None and versions(reg) == ["v0001"]  # registered with its lineage, not champion
+    assert manifest(reg, "v0001")["lineage"]["decision"]["promote"] is False
+    shutil.copy2(tiny_run["export_metrics"], project / "metrics/export.json")
+    second = decide_and_register(project, reg, {}, log)  # the same model, now with its checks passed
+    assert second["promoted"] and second["champion"] == "v0002" == champion(reg)["version"]

@@ -1,0 +1,70 @@
+"""One retraining decision: the challenger the workspace just built against the registry's champion.
+
+Both served files are scored on the workspace's test split (`lab2prod.gate.decide`); the challenger is
+always registered as an immutable version with its lineage and the decision, and becomes champion
+only if it passed. With no champion yet, a challenger that passed export's checks becomes the first
+champion; one that did not is registered and the registry stays without a champion.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lab2prod.files import read_json
+from lab2prod.gate import decide, export_problem
+from lab2prod.layout import Workspace
+from lab2prod.lineage import git_commit
+from lab2prod.registry import champion, deployable_name, local_copy, register, set_champion
+from lab2prod.settings import load_params
+
+
+def decide_and_register(
+    project: Path, registry: str, overrides: dict[str, Any], log: logging.Logger | logging.LoggerAdapter
+) -> dict[str, Any]:
+    """Score challenger and champion, register the challenger, promote it if it passed. Returns the outcome."""
+    ws = Workspace.under(project)
+    params = load_params(project / "params.yaml")
+    meta = read_json(ws.prepared / "meta.json")
+    current = champion(registry)
+    served = deployable_name(ws.benchmark)
+    with tempfile.TemporaryDirectory() as scratch:  # a remote registry's champion file is downloaded
+        champion_onnx = local_copy(registry, current["version"], current["onnx"], Path(scratch)) if current else None
+        decision = decide(
+            ws.exported / served,
+            champion_onnx,
+            ws.prepared / "test.npz",
+            meta["classes"],
+            params.retrain,
+            checks_failed=export_problem(ws.export_metrics, served),
+        )
+    evaluate = read_json(ws.evaluate_metrics)
+    lineage = {
+        "dataset_hash": meta["dataset_hash"],
+        "params_hash": params.section_hash(),
+        "git_commit": git_commit(),
+        "overrides": overrides,
+        "decision": decision.as_dict(),
+        "metrics": {k: evaluate[k] for k in ("accuracy", "f1_macro", "f1_weighted")},
+    }
+    previous = current["version"] if current else None
+    version = register(registry, project, lineage, parent=previous)
+    if decision.promote:
+        set_champion(registry, version, decision.reason)
+        log.info("PROMOTED %s: %s", version, decision.reason)
+    else:
+        log.warning(
+            "NOT PROMOTED %s, champion stays %s: %s", version, previous or "none (no champion yet)", decision.reason
+        )
+    now = champion(registry)
+    return {
+        "version": version,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "served": served,
+        "champion": now["version"] if now else None,
+        "previous_champion": previous,
+        "scores": decision.scores,
+    }
