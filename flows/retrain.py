@@ -30,6 +30,7 @@ from prefect.transactions import Transaction, get_transaction, transaction
 from flows.pipeline import PROJECT_DIR, has_remote, reproduce_stage, run_dvc, training_pipeline, workspace_lock
 from lab2prod.errors import ConfigError
 from lab2prod.files import read_json
+from lab2prod.layout import Workspace
 from lab2prod.promotion import decide_and_register
 from lab2prod.registry import champion, location, manifest, versions
 from lab2prod.settings import load_params
@@ -182,7 +183,7 @@ def scheduled_retrain(
         # Sources live outside DVC's view (folders, buckets): ingest always re-runs; on the same
         # content its outputs are byte-identical and DVC skips everything downstream anyway.
         reproduce_stage(project, "ingest", remote_source=is_remote(params.ingest.source), force=True)
-        dataset_hash = read_json(project / "data/prepared/meta.json")["dataset_hash"]
+        dataset_hash = read_json(Workspace.under(project).prepared / "meta.json")["dataset_hash"]
         seen = {manifest(registry, v)["lineage"].get("dataset_hash") for v in versions(registry)}
         if current and dataset_hash in seen and not overrides:
             message = (

@@ -28,21 +28,22 @@ import fsspec
 
 from lab2prod.errors import RegistryError
 from lab2prod.files import atomic_dir, read_json, sha256_file, sha256_stream, write_json
+from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.storage import is_remote, resolve
 
 log = logging.getLogger("lab2prod.registry")
 
-RUN_FILES = {  # what a version keeps: path in the workspace -> name in the version
-    "artifacts/train/model.pt": "model.pt",
-    "metrics/evaluate.json": "evaluate.json",
-    "metrics/compress.json": "compress.json",
-    "metrics/benchmark.json": "benchmark.json",
-    "metrics/export.json": "export.json",
-    "data/prepared/meta.json": "data_meta.json",
+RUN_FILES = {  # what a version keeps besides the exported files: path in the workspace -> name in the version
+    WORKSPACE.model: "model.pt",
+    WORKSPACE.evaluate_metrics: "evaluate.json",
+    WORKSPACE.compress_metrics: "compress.json",
+    WORKSPACE.benchmark: "benchmark.json",
+    WORKSPACE.export_metrics: "export.json",
+    WORKSPACE.prepared / "meta.json": "data_meta.json",
     # The run's settings and DVC lock (the content hash of every input and output): with them,
     # `dvc pull` from the remote the run pushed to brings back this version's data and artifacts.
-    "params.yaml": "params.yaml",
-    "dvc.lock": "dvc.lock",
+    PARAMS: "params.yaml",
+    Path("dvc.lock"): "dvc.lock",
 }
 
 
@@ -146,7 +147,7 @@ def _stage_version(
     tmp: Path, project: Path, name: str, parent: str | None, deployable: str, lineage: dict[str, Any]
 ) -> None:
     """Fill `tmp` with a version's files and its manifest (their sha256, lineage, parent)."""
-    for src in sorted((project / "artifacts/export").glob("*")):
+    for src in sorted((project / WORKSPACE.exported).glob("*")):
         if src.is_file():
             shutil.copy2(src, tmp / src.name)
     for rel, target in RUN_FILES.items():
@@ -168,10 +169,11 @@ def _stage_version(
 
 def register(registry: Path | str, project: Path, lineage: dict[str, Any], parent: str | None) -> str:
     """Copy the workspace's deployable outputs into a new immutable version; returns its name."""
-    export_dir = project / "artifacts/export"
+    ws = Workspace.under(project)
+    export_dir = ws.exported
     if not (export_dir / "model.onnx").exists():
         raise RegistryError(f"{export_dir}/model.onnx is missing: run the pipeline before registering")
-    deployable = deployable_name(project / "metrics/benchmark.json")
+    deployable = deployable_name(ws.benchmark)
     if not (export_dir / deployable).exists():
         raise RegistryError(f"{export_dir / deployable} (metrics/benchmark.json's deployable default) is missing")
     existing = versions(registry)
