@@ -28,7 +28,7 @@ from lab2prod.files import read_json
 from lab2prod.layout import Workspace
 from lab2prod.machine import describe_machine as hardware
 from lab2prod.settings import load_params
-from models.data import ArrayBatches, ArrayDataModule
+from models.data import ArrayBatches, EpochBatches, ShardDataModule
 from models.networks import ModelSpec
 from models.trainer import make_trainer
 from tasks.augment import augment
@@ -39,7 +39,7 @@ from tasks.train import build_classifier, network_spec
 def lightning_epoch(spec: ModelSpec, ws: Workspace, params) -> float:
     cfg = params.train
     model = build_classifier(cfg, spec)
-    dm = ArrayDataModule(ws.augmented / "train.npz", ws.prepared / "val.npz", cfg.batch_size, cfg.seed)
+    dm = ShardDataModule(ws.prepared, cfg.batch_size, cfg.seed, loader="memory")  # no augmentation: as the loop
     trainer = make_trainer(1, accelerator="cpu", enable_progress_bar=False, limit_val_batches=0, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -49,9 +49,9 @@ def lightning_epoch(spec: ModelSpec, ws: Workspace, params) -> float:
 def plain_epoch(spec: ModelSpec, ws: Workspace, params) -> float:
     cfg = params.train
     start = time.perf_counter()
-    x, y = load_split(ws.augmented / "train.npz")
+    x, y = load_split(ws.prepared, "train")
     net = spec.build().train()
-    batches = ArrayBatches(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    batches = ArrayBatches(x, y, EpochBatches(len(y), cfg.batch_size, shuffle=True, seed=cfg.seed))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=len(batches), pct_start=0.25)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -83,7 +83,7 @@ def main(
         meta = read_json(ws.prepared / "meta.json")
         h, w, c = meta["image_shape"]
         spec = network_spec(params.train, meta)
-        n_images = len(load_split(ws.augmented / "train.npz")[1])
+        n_images = len(load_split(ws.prepared, "train")[1])
         lightning_epoch(spec, ws, params), plain_epoch(spec, ws, params)  # warm-up
         pairs = [(lightning_epoch(spec, ws, params), plain_epoch(spec, ws, params)) for _ in range(runs)]
 

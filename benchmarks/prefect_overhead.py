@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "ingest.image_size": 8,
     "ingest.extra_sources": [],
-    "augment.copies": 1,
+    "augment.offline_copies": 0,
     "train.width": 8,
     "train.epochs": 2,
     "train.batch_size": 256,

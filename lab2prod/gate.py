@@ -68,16 +68,16 @@ def export_problem(export_metrics: Path, onnx_name: str) -> str | None:
 def decide(
     challenger_onnx: Path,
     champion_onnx: Path | None,
-    test_split: Path,
+    prepared: Path,
     classes: list[str],
     cfg: RetrainConfig,
     checks_failed: str | None = None,
 ) -> Decision:
-    """Score both models on `test_split`; the verdict and its reason in words.
+    """Score both models on the test split of the `prepared` data; the verdict and its reason in words.
 
     `checks_failed` (from `export_problem`) rejects the challenger whatever its scores.
     """
-    x, y = load_split(test_split)
+    x, y = load_split(prepared, "test")
     y_true = y.numpy()
     new = score(challenger_onnx, x, y_true, classes)
     if checks_failed:

@@ -20,8 +20,34 @@ class BadImage(Exception):
         self.reason, self.detail = reason, detail
 
 
-def decode_image(data: bytes, size: int, channels: int, max_pixels: int) -> np.ndarray:
+PASS_THROUGH = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # stored as they are when already the target size
+ENCODINGS = {"png": ("PNG", "png"), "jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
+
+
+def decode_image(data: bytes, size: int, channels: int, max_pixels: int, resize: str = "stretch") -> np.ndarray:
     """Decode, validate and resize one image file's bytes to uint8 (size, size, channels)."""
+    return _decode(data, size, channels, max_pixels, resize)[0]
+
+
+def prepare_image(
+    data: bytes, size: int, channels: int, max_pixels: int, resize: str, encoding: str, quality: int
+) -> tuple[np.ndarray, bytes, str]:
+    """Decode and validate a file; return its pixels and the bytes to store at the target size.
+
+    A JPEG, PNG or WebP file that already has the target size is stored as it is (nothing lost, nothing
+    re-encoded); any other is encoded at the target size as `encoding` (PNG is lossless).
+    """
+    pixels, source_format, resized = _decode(data, size, channels, max_pixels, resize)
+    if not resized and source_format in PASS_THROUGH:
+        return pixels, data, PASS_THROUGH[source_format]
+    fmt, ext = ENCODINGS[encoding]
+    out = io.BytesIO()
+    img = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, "L" if channels == 1 else "RGB")
+    img.save(out, fmt, **({} if fmt == "PNG" else {"quality": quality}))
+    return pixels, out.getvalue(), ext
+
+
+def _decode(data: bytes, size: int, channels: int, max_pixels: int, resize: str) -> tuple[np.ndarray, str, bool]:
     if not data:
         raise BadImage("empty_file", "the file has zero bytes")
     # PIL's own bomb guard: an error above 2x the limit, a warning above 1x; we make both errors.
@@ -31,6 +57,10 @@ def decode_image(data: bytes, size: int, channels: int, max_pixels: int) -> np.n
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            source_format = img.format or ""
+            drafted = source_format == "JPEG" and min(img.size) >= 2 * size
+            if drafted:
+                img.draft("L" if channels == 1 else "RGB", (size, size))  # decode at 1/2..1/8 scale: faster
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage("decompression_bomb", str(exc)) from None
@@ -42,6 +72,9 @@ def decode_image(data: bytes, size: int, channels: int, max_pixels: int) -> np.n
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
     img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
-    if img.size != (size, size):
+    resized = drafted or img.size != (size, size)
+    if resized and resize == "crop":  # shorter side to `size`, then the centre square: no distortion
+        img = ImageOps.fit(img, (size, size), Image.Resampling.BILINEAR)
+    elif resized:
         img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
+    return np.asarray(img, dtype=np.uint8).reshape(size, size, channels), source_format, resized

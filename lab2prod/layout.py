@@ -15,8 +15,8 @@ PARAMS = Path("params.yaml")
 
 @dataclass(frozen=True)
 class Workspace:
-    prepared: Path = Path("data/prepared")  # ingest: {train,val,test}.npz, meta.json, quarantine/
-    augmented: Path = Path("data/augmented")  # augment: train.npz
+    prepared: Path = Path("data/prepared")  # ingest: {train,val,test}/ shards, meta.json, quarantine/
+    augmented: Path = Path("data/augmented")  # augment: policy.json (+ offline copies' shards)
     augment_preview: Path = Path("plots/augment_preview.png")
     train_dir: Path = Path("artifacts/train")  # train: model.pt, checkpoints/
     train_metrics: Path = Path("metrics/train")  # DVCLive metrics.json and curves

@@ -35,7 +35,7 @@ def decide_and_register(
         decision = decide(
             ws.exported / served,
             champion_onnx,
-            ws.prepared / "test.npz",
+            ws.prepared,
             meta["classes"],
             params.retrain,
             checks_failed=export_problem(ws.export_metrics, served),

@@ -35,6 +35,12 @@ class IngestConfig(_Section):
     seed: int = 42
     max_image_pixels: Annotated[int, Field(ge=1024)] = 40_000_000
     min_images_per_class: Annotated[int, Field(ge=3)] = 5
+    resize: Literal["stretch", "crop"] = "stretch"
+    encoding: Literal["png", "jpeg", "webp"] = "png"
+    quality: Annotated[int, Field(ge=1, le=100)] = 95
+    shard_mb: Annotated[int, Field(ge=1, le=4096)] = 256
+    workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
+    cache: bool = True
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> IngestConfig:
@@ -47,7 +53,8 @@ class IngestConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    copies: Annotated[int, Field(ge=0, le=100)] = 4
+    offline_copies: Annotated[int, Field(ge=0, le=100)] = 0
+    crop_scale_min: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     rotation_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 12.0
     shift: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
     scale_min: Annotated[float, Field(ge=0.5, le=1.0)] = 0.9
@@ -73,11 +80,15 @@ class TrainConfig(_Section):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     seed: int = 0
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    memory_limit_mb: Annotated[int, Field(ge=0)] = 2048
+    workers: Literal["auto"] | Annotated[int, Field(ge=0, le=256)] = "auto"
 
 
 class EvaluateConfig(_Section):
     baseline: Literal["svc", "logistic", "none"] = "svc"
     baseline_c: Annotated[float, Field(gt=0.0)] = 10.0
+    baseline_max_images: Annotated[int, Field(ge=10)] = 5000
 
 
 class PruneConfig(_Section):

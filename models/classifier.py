@@ -56,9 +56,10 @@ class ImageClassifier(L.LightningModule):
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr,
         )
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp.lr, total_steps=int(self.trainer.estimated_stepping_batches), pct_start=0.25
-        )
+        # OneCycleLR divides by its warm-up length (0.25 * steps - 1): under 8 steps (a tiny data set) that
+        # is <= 0; a longer schedule than the run just ends before the learning rate has fully annealed.
+        steps = max(8, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps, pct_start=0.25)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

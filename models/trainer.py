@@ -69,6 +69,8 @@ def make_trainer(
         "enable_checkpointing": False,
         "enable_progress_bar": sys.stderr.isatty(),
         "enable_model_summary": False,
+        # models/data.py cuts each epoch across DDP ranks itself (disjoint, equal batch counts)
+        "use_distributed_sampler": False,
         **overrides,
     }
     return L.Trainer(**settings)

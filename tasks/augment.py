@@ -1,79 +1,49 @@
-"""Stage 2, augment: seeded offline augmentation of the training split (kornia).
+"""Stage 2, augment: the augmentation policy, a preview of it, and offline copies only when asked for.
 
-Each training image is kept and joined by `copies` randomly rotated / shifted / scaled /
-brightness-and-contrast-jittered versions of itself (mirrored only if `horizontal_flip`).
-Validation and test splits are never augmented. Output, each written atomically:
+By default nothing is stored per image: training applies the policy per batch on its device
+(online, lab2prod/augmentation.py), seeded and identical after a resume. `offline_copies: k` > 0
+also writes k augmented copies of each training image as shards (small data only: the log shows
+what they cost in bytes and seconds). Validation and test splits are never augmented. Output:
 
-    data/augmented/train.npz     x: uint8 (N * (1 + copies), H, W, C), y: int64
-    plots/augment_preview.png    originals (left column) beside their augmented copies
+    data/augmented/policy.json          the resolved augment settings and seed training applies
+    data/augmented/copies/              offline copies' shards + index.csv (only when offline_copies > 0)
+    plots/augment_preview.png           one image of each class beside augmented versions of it
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
-import kornia.augmentation as K
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
+from lab2prod.augmentation import BATCH, POLICY_FILE, augment_images  # noqa: E402
 from lab2prod.console import ParamsFile, run_stage  # noqa: E402
-from lab2prod.files import atomic_dir, atomic_file  # noqa: E402
+from lab2prod.dataset import Sample, ShardWriter, SplitIndex, encode_png  # noqa: E402
+from lab2prod.files import atomic_dir, atomic_file, read_json, write_json  # noqa: E402
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
 from lab2prod.settings import AugmentConfig, load_params  # noqa: E402
+from lab2prod.training_data import COPIES  # noqa: E402
 
 log = logging.getLogger("tasks.augment")  # not __name__: that is __main__ under python -m
 
-BATCH = 2048  # images per augmentation call; bounds peak memory on large datasets
-PREVIEW_COPIES = 6  # augmented copies shown beside each original in the preview
+PREVIEW_COPIES = 6  # augmented versions shown beside each original in the preview
 
 
-def build_augmenter(cfg: AugmentConfig) -> K.AugmentationSequential:
-    """The random transform applied to each copy, from the settings."""
-    ops: list[torch.nn.Module] = [
-        K.RandomAffine(
-            degrees=cfg.rotation_deg,
-            translate=(cfg.shift, cfg.shift),
-            scale=(cfg.scale_min, cfg.scale_max),
-            padding_mode="border",  # replicate the edge: no black frame on light backgrounds
-            p=1.0,
-        )
-    ]
-    if cfg.brightness > 0 or cfg.contrast > 0:
-        ops.append(K.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast, p=1.0))
-    if cfg.horizontal_flip:
-        ops.append(K.RandomHorizontalFlip(p=0.5))
-    return K.AugmentationSequential(*ops)
-
-
-def augment_images(images: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
-    """Return `copies` augmented versions of each uint8 (N, H, W, C) image, copy-major order."""
-    if cfg.copies == 0 or len(images) == 0:
-        return images[:0]
-    torch.manual_seed(cfg.seed)  # kornia draws from torch's global generator
-    augmenter = build_augmenter(cfg)
-    out = []
-    with torch.no_grad():
-        for _ in range(cfg.copies):
-            for start in range(0, len(images), BATCH):
-                chunk = torch.from_numpy(images[start : start + BATCH]).permute(0, 3, 1, 2).float() / 255.0
-                moved = augmenter(chunk).clamp(0.0, 1.0)
-                out.append((moved * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
-
-
-def save_preview(originals: np.ndarray, copies: np.ndarray, n_copies: int, path: Path, n_rows: int) -> None:
-    """A grid a person can check: each row one original, then its augmented copies."""
-    n_rows = min(n_rows, len(originals))
-    shown = min(n_copies, PREVIEW_COPIES)
-    fig, axes = plt.subplots(n_rows, 1 + shown, figsize=(1.3 * (1 + shown), 1.3 * n_rows), squeeze=False)
-    n = len(originals)
+def save_preview(originals: np.ndarray, names: list[str], cfg: AugmentConfig, path: Path) -> None:
+    """A grid a person can check: each row one class's image, then augmented versions of it."""
+    versions = augment_images(originals, cfg, PREVIEW_COPIES, cfg.seed)
+    n_rows = len(originals)
+    fig, axes = plt.subplots(
+        n_rows, 1 + PREVIEW_COPIES, figsize=(1.3 * (1 + PREVIEW_COPIES), 1.3 * n_rows), squeeze=False
+    )
     for r in range(n_rows):
-        row = [originals[r]] + [copies[c * n + r] for c in range(shown)]
+        row = [originals[r]] + [versions[c * n_rows + r] for c in range(PREVIEW_COPIES)]
         for c, img in enumerate(row):
             ax = axes[r, c]
             ax.imshow(
@@ -81,30 +51,75 @@ def save_preview(originals: np.ndarray, copies: np.ndarray, n_copies: int, path:
             )
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
-                ax.set_title("original" if c == 0 else f"copy {c}", fontsize=8)
+                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(names[r], fontsize=8)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
+def write_copies(index: SplitIndex, classes: list[str], cfg: AugmentConfig, out: Path) -> int:
+    """`offline_copies` augmented copies of each training image as shards; returns the bytes stored."""
+    writer = ShardWriter(out, 256 * 2**20)
+    for start in range(0, len(index), BATCH):
+        idx = range(start, min(start + BATCH, len(index)))
+        copies = augment_images(index.images(idx), cfg, cfg.offline_copies, cfg.seed * 1_000_003 + start)
+        labels = np.tile(index.labels[start : idx.stop], cfg.offline_copies)
+        sources = [index.sources[i] for i in idx] * cfg.offline_copies
+        for img, label, source in zip(copies, labels, sources, strict=True):
+            writer.write(Sample(encode_png(img), "png", int(label), classes[label], "", f"augmented:{source}"))
+    writer.close()
+    index.close()
+    return writer.total_bytes
+
+
 def augment(cfg: AugmentConfig, ws: Workspace = WORKSPACE) -> dict:
-    """Write the augmented training set and its preview. Returns the stage summary."""
-    with np.load(ws.prepared / "train.npz") as split:
-        x, y = split["x"], split["y"]
-    copies = augment_images(x, cfg)
-    x_all = np.concatenate([x, copies])
-    y_all = np.concatenate([y] + [y] * cfg.copies)
+    """Write the policy, the preview and any offline copies. Returns the stage summary."""
+    started = time.perf_counter()
+    meta = read_json(ws.prepared / "meta.json")
+    index = SplitIndex.read(ws.prepared, "train")
+    stored = 0
     with atomic_dir(ws.augmented) as tmp:
-        np.savez(tmp / "train.npz", x=x_all, y=y_all)
-    save_preview(x, copies, cfg.copies, ws.augment_preview, cfg.preview_images)
-    summary = {"original": int(len(x)), "copies_per_image": cfg.copies, "total": int(len(x_all))}
+        write_json(
+            tmp / POLICY_FILE,
+            {
+                "online": True,
+                "offline_copies": cfg.offline_copies,
+                "image_size": meta["image_shape"][0],
+                "settings": cfg.model_dump(mode="json"),
+            },
+        )
+        if cfg.offline_copies:
+            write_json(tmp / "meta.json", meta)  # the copies' shape and classes, read with the copies
+            stored = write_copies(index, meta["classes"], cfg, tmp / COPIES)
+    first_of_class = {}
+    for i, label in enumerate(index.labels):
+        first_of_class.setdefault(int(label), i)
+    shown = sorted(first_of_class.items())[: cfg.preview_images]
+    save_preview(index.images([i for _, i in shown]), [meta["classes"][c] for c, _ in shown], cfg, ws.augment_preview)
+    index.close()
+    summary = {
+        "train_images": len(index),
+        "online": True,
+        "offline_copies": cfg.offline_copies,
+        "offline_bytes": stored,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if cfg.offline_copies:
+        log.info(
+            "augment: offline copies cost %.1f MB on disk (and in the DVC cache) and %.1f s; "
+            "online augmentation (offline_copies: 0) costs neither",
+            stored / 2**20,
+            summary["seconds"],
+        )
     log.info("augment: %s; preview in %s", summary, ws.augment_preview)
     return summary
 
 
 def main(params: ParamsFile = PARAMS) -> None:
-    """Augment data/prepared/train.npz into data/augmented/ and draw plots/augment_preview.png."""
+    """Write the augmentation policy to data/augmented/ and draw plots/augment_preview.png."""
     augment(load_params(params).augment)
 
 

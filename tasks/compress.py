@@ -28,20 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
 from lab2prod.compression import judge, quantize_int8, structured_prune, unstructured_prune
 from lab2prod.console import ParamsFile, run_stage
-from lab2prod.dataset import load_split
+from lab2prod.dataset import SplitIndex, load_split
 from lab2prod.files import atomic_dir
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.metrics import classification_metrics, torch_top1
 from lab2prod.onnx_model import onnx_top1, to_onnx
 from lab2prod.records import CompressReport, VariantResult
 from lab2prod.settings import Params, load_params
+from lab2prod.training_data import datamodule
 from models.classifier import DistillationModule, ImageClassifier
-from models.data import ArrayDataModule
+from models.data import ShardDataModule
 from models.model_file import load_model_file, save_model_file
 from models.networks import count_macs_and_params
 from models.trainer import make_trainer
@@ -54,7 +56,7 @@ def scores(y_true, y_pred, classes: list[str]) -> dict[str, float]:
     return {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"]}
 
 
-def finetune(module: ImageClassifier, data: ArrayDataModule, epochs: int, seed: int) -> nn.Module:
+def finetune(module: ImageClassifier, data: ShardDataModule, epochs: int, seed: int) -> nn.Module:
     """A few Lightning epochs of `module` on the (augmented) training split; returns its trained network.
 
     Seeded per call, so a variant's result does not depend on which other variants ran before it.
@@ -74,9 +76,9 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     """Build, score and gate every enabled variant. Returns the metrics written to metrics/compress.json."""
     cfg = params.compress
     teacher, info = load_model_file(ws.model)
-    x_test, y_test = load_split(ws.prepared / "test.npz")
+    x_test, y_test = load_split(ws.prepared, "test")
     y_true = y_test.numpy()
-    data = ArrayDataModule(ws.augmented / "train.npz", ws.prepared / "val.npz", params.train.batch_size, cfg.seed)
+    data = datamodule(params, ws, cfg.seed)
     wd = params.train.weight_decay
     classes, n_classes = info.classes, len(info.classes)
 
@@ -142,9 +144,11 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
             log.info("compress: INT8 %s quantization with ONNX Runtime", cfg.int8.mode)
             fp32_onnx = Path(scratch) / "fp32.onnx"
             to_onnx(teacher, info.image_shape, fp32_onnx, params.export.opset)
-            x_train, _ = load_split(ws.prepared / "train.npz")
-            pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))
-            quantize_int8(fp32_onnx, tmp / "int8.onnx", x_train[pick[: cfg.int8.calibration_images]], cfg.int8)
+            train = SplitIndex.read(ws.prepared, "train")
+            pick = np.random.default_rng(cfg.seed).permutation(len(train))[: cfg.int8.calibration_images]
+            calibration = torch.from_numpy(train.images(np.sort(pick)))
+            train.close()
+            quantize_int8(fp32_onnx, tmp / "int8.onnx", calibration, cfg.int8)
             preds = onnx_top1(tmp / "int8.onnx", x_test)
             variants["int8"] = VariantResult(
                 **scores(y_true, preds, classes),

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
 from lab2prod.console import ParamsFile, run_stage  # noqa: E402
-from lab2prod.dataset import load_split  # noqa: E402
+from lab2prod.dataset import SplitIndex, iter_split  # noqa: E402
 from lab2prod.files import atomic_file, write_json  # noqa: E402
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
 from lab2prod.metrics import classification_metrics, torch_top1  # noqa: E402
@@ -32,6 +32,8 @@ from lab2prod.settings import EvaluateConfig, load_params  # noqa: E402
 from models.model_file import load_model_file  # noqa: E402
 
 log = logging.getLogger("tasks.evaluate")  # not __name__: that is __main__ under python -m
+
+BATCH = 512  # test images decoded and scored at a time
 
 
 def fit_baseline(cfg: EvaluateConfig, x_train: np.ndarray, y_train: np.ndarray):
@@ -66,16 +68,24 @@ def evaluate(cfg: EvaluateConfig, ws: Workspace = WORKSPACE) -> dict:
     """Score the model (and the baseline) on the test split; write metrics and plots. Returns the metrics."""
     net, info = load_model_file(ws.model)
     classes = info.classes
-    x_test, y_test = load_split(ws.prepared / "test.npz")
-    y_true = y_test.numpy()
-    y_pred = torch_top1(net, x_test)
+    baseline = None
+    if cfg.baseline != "none":  # fitted on at most baseline_max_images training images (random, seeded)
+        train = SplitIndex.read(ws.prepared, "train")
+        pick = np.sort(np.random.default_rng(0).permutation(len(train))[: cfg.baseline_max_images])
+        baseline = fit_baseline(cfg, train.images(pick), train.labels[pick])
+        train.close()
+    truth, preds, base = [], [], []
+    for x, y in iter_split(ws.prepared, "test", BATCH):  # streamed: memory flat however large the split
+        truth.append(y.numpy())
+        preds.append(torch_top1(net, x))
+        if baseline is not None:
+            base.append(baseline.predict(x.numpy().reshape(len(y), -1).astype(np.float64) / 255.0))
+    y_true, y_pred = np.concatenate(truth), np.concatenate(preds)
     metrics = classification_metrics(y_true, y_pred, classes)
     metrics["n_test"] = int(len(y_true))
 
-    if cfg.baseline != "none":
-        with np.load(ws.prepared / "train.npz") as train:
-            baseline = fit_baseline(cfg, train["x"], train["y"])
-        y_base = baseline.predict(x_test.numpy().reshape(len(y_true), -1).astype(np.float64) / 255.0)
+    if baseline is not None:
+        y_base = np.concatenate(base)
         metrics["baseline"] = {
             "model": cfg.baseline,
             "accuracy": accuracy_score(y_true, y_base),

@@ -82,7 +82,7 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
     """Export, check and benchmark every deployable model; files land only if every check passes."""
     cfg = params.export
     net, info = load_model_file(ws.model)
-    x_test, y_test = load_split(ws.prepared / "test.npz")
+    x_test, y_test = load_split(ws.prepared, "test")
     if len(x_test) < max(cfg.parity_batch_sizes):
         raise ParityError(
             f"the test split has {len(x_test)} images but export.parity_batch_sizes = {cfg.parity_batch_sizes} "

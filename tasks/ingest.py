@@ -1,12 +1,16 @@
-"""Stage 1, ingest: images in, validated stratified uint8 splits out.
+"""Stage 1, ingest: images in, validated shards of train/val/test out.
 
 Sources: scikit-learn's embedded `digits`, or an image folder `<root>/<class>/<image>` on any fsspec
-filesystem (local path, file://, s3://, gs://, ...). Every file that cannot be used is quarantined
-with its reason (never silently dropped): empty, not an image, truncated, decompression bomb,
-duplicate. Output, written atomically as one directory:
+filesystem (local path, file://, s3://, gs://, ...), plus `extra_sources` (the feedback inbox).
+Incremental: only files the ingest cache has not seen are read and decoded (by worker processes);
+listing is the only step that touches every file. Splits are hash buckets of each image's content, so
+they never move as data grows. Every file that cannot be used is quarantined with its reason (never
+silently dropped): empty, not an image, truncated, decompression bomb, duplicate, conflicting labels.
+Output, written atomically as one directory (format: lab2prod/dataset.py):
 
-    data/prepared/{train,val,test}.npz   x: uint8 (N, H, W, C), y: int64 (N,)
-    data/prepared/meta.json               classes, shape, counts, dataset hash, normalisation stats
+    data/prepared/{train,val,test}/shard-*.tar, index.csv
+    data/prepared/meta.json               classes, shape, counts, achieved fractions, split rule,
+                                          dataset hash, per-split content hashes, normalisation stats
     data/prepared/quarantine/report.json  one record per rejected file: path, class, reason, detail
     data/prepared/quarantine/files/       the rejected files themselves, for inspection
 """
@@ -14,6 +18,8 @@ duplicate. Output, written atomically as one directory:
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -22,81 +28,165 @@ from typing import Annotated
 import fsspec
 import numpy as np
 import typer
+from rich.progress import track
 
 from lab2prod.console import ParamsFile, run_stage
+from lab2prod.dataset import Sample, ShardWriter
 from lab2prod.files import atomic_dir, write_json
+from lab2prod.ingest_cache import IngestCache
 from lab2prod.layout import PARAMS, WORKSPACE
 from lab2prod.settings import IngestConfig, load_params
-from lab2prod.sources import load_digits_source, load_image_folder, merge_datasets
-from lab2prod.splits import check_class_sizes, dataset_hash, drop_duplicates, image_digests, stratified_split
+from lab2prod.sources import (
+    Candidate,
+    Rejected,
+    collect,
+    decode_new,
+    digits_candidates,
+    list_folder,
+    quarantine_files,
+)
+from lab2prod.splits import (
+    SPLIT_RULE,
+    achieved_fractions,
+    check_class_sizes,
+    check_splits,
+    dataset_hash,
+    drop_duplicates,
+    hash_split,
+)
 
 log = logging.getLogger("tasks.ingest")  # not __name__: that is __main__ under python -m
 
+CACHE_NAME = ".ingest-cache.sqlite"  # beside the output (data/.ingest-cache.sqlite): local, never versioned
 
-def ingest(cfg: IngestConfig, out_dir: Path = WORKSPACE.prepared) -> dict:
-    """Build the prepared splits in `out_dir` (replaced atomically). Returns the stage summary."""
-    with atomic_dir(out_dir) as tmp:
+
+def _gather(
+    cfg: IngestConfig, cache: IngestCache, quarantine: Path
+) -> tuple[list[str], list[Candidate], list[Rejected], dict]:
+    """Class names (the main source's, then new ones from extra sources), every usable image, every
+    rejected file, and how many files were listed and decoded anew."""
+    classes: list[str] = []
+    candidates: list[Candidate] = []
+    rejected: list[Rejected] = []
+    stats = {"listed": 0, "decoded": 0}
+    sources = [] if cfg.source == "digits" else [(cfg.source, 2)]
+    if cfg.source == "digits":
+        candidates = digits_candidates(cfg, cache)
+        classes = sorted({c.class_name for c in candidates})
+        stats["listed"] = len(candidates)
+    for extra in cfg.extra_sources:
+        fs, root = fsspec.core.url_to_fs(extra)
+        if not fs.isdir(root) or not fs.find(root):
+            log.info("ingest: extra source %s is empty or absent; nothing added", extra)
+            continue
+        sources.append((extra, 1))
+    for source, min_classes in sources:
+        names, files, unusable = list_folder(cfg, source, min_classes)
+        classes += [n for n in names if n not in classes]
+        stats["listed"] += len(files) + len(unusable)
+        stats["decoded"] += decode_new(cfg, source, files, cache)
+        usable, bad = collect(files, cache)
+        quarantine_files(source, bad, quarantine)
+        if source != cfg.source:
+            log.info("ingest: %d image(s) added from %s", len(usable), source)
+        candidates, rejected = candidates + usable, rejected + unusable + bad
+    return classes, candidates, rejected, stats
+
+
+def ingest(cfg: IngestConfig, out_dir: Path = WORKSPACE.prepared, cache_path: Path | None = None) -> dict:
+    """Build the prepared shards in `out_dir` (replaced atomically). Returns the stage summary.
+
+    `cache_path`: the ingest cache (default: `.ingest-cache.sqlite` beside `out_dir`).
+    """
+    started = time.perf_counter()
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory() as scratch:
         quarantine = tmp / "quarantine"
         quarantine.mkdir()
-        if cfg.source == "digits":
-            ds, rejected = load_digits_source(cfg), []
-        else:
-            ds, rejected = load_image_folder(cfg, quarantine)
-        for extra in cfg.extra_sources:
-            fs, root = fsspec.core.url_to_fs(extra)
-            if not fs.isdir(root) or not fs.find(root):
-                log.info("ingest: extra source %s is empty or absent; nothing added", extra)
-                continue
-            more, more_rejected = load_image_folder(cfg, quarantine, extra, min_classes=1)
-            log.info("ingest: %d image(s) added from %s", len(more.labels), extra)
-            ds, rejected = merge_datasets(ds, more), rejected + more_rejected
-        ds, duplicates = drop_duplicates(ds)
-        rejected += duplicates
-        check_class_sizes(ds.labels, ds.classes, cfg.min_images_per_class)
-        splits = stratified_split(ds.labels, cfg)
+        cache_file = (cache_path or out_dir.parent / CACHE_NAME) if cfg.cache else Path(scratch) / CACHE_NAME
+        cache = IngestCache(Path(cache_file))
+        try:
+            classes, candidates, rejected, stats = _gather(cfg, cache, quarantine)
+            candidates, duplicates = drop_duplicates(candidates)
+            rejected += duplicates
+            check_class_sizes(candidates, classes, cfg.min_images_per_class)
+            splits = hash_split(candidates, cfg)
+            warnings = check_splits(splits, classes)
+            label = {name: i for i, name in enumerate(classes)}
+            shard_bytes = {}
+            for name, members in splits.items():
+                writer = ShardWriter(tmp / name, cfg.shard_mb * 2**20)
+                for c in track(members, description=f"ingest: writing {name} shards", transient=True):
+                    data, o = cache.data(c.key), cache.summary(c.key)
+                    writer.write(Sample(data, o.ext, label[c.class_name], c.class_name, c.sha256, c.source))
+                writer.close()
+                shard_bytes[name] = writer.total_bytes
+        finally:
+            cache.close()
 
-        counts: dict[str, dict[str, int]] = {}
-        for name, idx in splits.items():
-            np.savez(tmp / f"{name}.npz", x=ds.images[idx], y=ds.labels[idx])
-            per_class = np.bincount(ds.labels[idx], minlength=len(ds.classes))
-            counts[name] = {c: int(n) for c, n in zip(ds.classes, per_class, strict=True)}
-        train_pixels = ds.images[splits["train"]].astype(np.float64) / 255.0
+        pixels = cfg.image_size * cfg.image_size
+        sums = np.asarray([c.sums for c in splits["train"]], np.float64).reshape(-1, 2 * cfg.channels).sum(axis=0)
+        n = max(1, len(splits["train"])) * pixels * 255.0
+        mean = sums[: cfg.channels] / n
+        std = np.sqrt(np.maximum(sums[cfg.channels :] / (n * 255.0) - mean**2, 0.0))
+        counts = {
+            name: {c: int(k) for c, k in zip(classes, _per_class(members, classes), strict=True)}
+            for name, members in splits.items()
+        }
         reasons = dict(Counter(r.reason for r in rejected))
         meta = {
             "source": cfg.source,
-            "classes": ds.classes,
-            "image_shape": list(ds.images.shape[1:]),  # H, W, C
-            "layout": "x: uint8 (N, H, W, C); y: int64 class index into `classes`",
+            "classes": classes,
+            "image_shape": [cfg.image_size, cfg.image_size, cfg.channels],  # H, W, C
+            "resize": cfg.resize,
+            "format": "WebDataset tar shards + index.csv per split (lab2prod/dataset.py)",
             "counts": counts,
-            "n_images": int(len(ds.labels)),
-            "dataset_hash": dataset_hash(image_digests(ds.images), ds.labels, ds.classes),
+            "n_images": len(candidates),
+            "split_rule": {"rule": SPLIT_RULE, "seed": cfg.seed, "val": cfg.val_fraction, "test": cfg.test_fraction},
+            "achieved_fractions": achieved_fractions(splits, classes),
+            "split_hashes": {
+                name: dataset_hash([(c.sha256, c.class_name) for c in m], classes) for name, m in splits.items()
+            },
+            "dataset_hash": dataset_hash([(c.sha256, c.class_name) for c in candidates], classes),
+            "stored_bytes": shard_bytes,
             "normalization": {
-                "mean": train_pixels.mean(axis=(0, 1, 2)).round(6).tolist(),
-                "std": train_pixels.std(axis=(0, 1, 2)).round(6).tolist(),
+                "mean": mean.round(6).tolist(),
+                "std": std.round(6).tolist(),
                 "scale": "pixel / 255, then (x - mean) / std",
             },
             "quarantined": reasons,
+            "warnings": warnings,
         }
         write_json(tmp / "meta.json", meta)
         write_json(quarantine / "report.json", {"counts": reasons, "files": [asdict(r) for r in rejected]})
 
+    seconds = time.perf_counter() - started
     summary = {
         "images": meta["n_images"],
-        "classes": len(ds.classes),
-        "split": {k: int(len(v)) for k, v in splits.items()},
+        "classes": len(classes),
+        "split": {k: len(v) for k, v in splits.items()},
         "quarantined": reasons,
+        "files_listed": stats["listed"],
+        "files_decoded": stats["decoded"],
+        "seconds": round(seconds, 2),
     }
     log.info("ingest: %s", summary)
+    for warning in warnings:
+        log.warning("ingest: %s", warning)
     if rejected:
         log.warning("ingest: %d file(s) set aside, see %s", len(rejected), out_dir / "quarantine/report.json")
     return summary
+
+
+def _per_class(members: list[Candidate], classes: list[str]) -> list[int]:
+    counts = Counter(c.class_name for c in members)
+    return [counts.get(name, 0) for name in classes]
 
 
 def main(
     params: ParamsFile = PARAMS,
     out: Annotated[Path, typer.Option(help="Output directory (replaced atomically).")] = WORKSPACE.prepared,
 ) -> None:
-    """Validate and split the source images into data/prepared/."""
+    """Validate, split and shard the source images into data/prepared/."""
     ingest(load_params(params).ingest, out)
 
 

@@ -1,4 +1,5 @@
-"""Stage 3, train: Lightning training on the augmented split, early-stopped on the val split.
+"""Stage 3, train: Lightning training on the prepared shards with the augmentation policy applied
+per batch (models/data.py picks an in-memory or a streaming loader), early-stopped on the val split.
 
 Writes:
     artifacts/train/model.pt          weights-only model file (load with models.model_file.load_model_file)
@@ -10,6 +11,7 @@ Writes:
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 import zipfile
 from pathlib import Path
@@ -21,12 +23,12 @@ from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from lab2prod.console import ParamsFile, run_stage
-from lab2prod.files import files_digest, read_json, write_json
+from lab2prod.files import atomic_file, read_json, write_json
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.lineage import git_commit
 from lab2prod.settings import Params, TrainConfig, load_params
+from lab2prod.training_data import datamodule, inputs_digest
 from models.classifier import ImageClassifier
-from models.data import ArrayDataModule
 from models.model_file import Lineage, ModelInfo, save_model_file
 from models.networks import ModelSpec
 from models.trainer import EpochLog, make_trainer
@@ -53,6 +55,22 @@ def checkpoint_to_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
     ckpt_dir.mkdir(parents=True)
     write_json(state_file, {"fingerprint": fingerprint, "complete": False})
     return None
+
+
+def trim_curves(metrics_dir: Path, checkpoint: Path) -> None:
+    """Drop curve rows logged after `checkpoint` was written (a kill between the two writes): the
+    resumed run logs those steps again, and each step must appear once."""
+    try:
+        done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
+    except (KeyError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
+        log.warning("train: could not read the step of %s (%s); curves kept as they are", checkpoint, exc)
+        return
+    for tsv in (metrics_dir / "plots").rglob("*.tsv"):
+        header, *rows = tsv.read_text().splitlines(keepends=True)
+        kept = [r for r in rows if int(r.split("\t", 1)[0]) < done]
+        if len(kept) < len(rows):
+            with atomic_file(tsv) as tmp:
+                tmp.write_text(header + "".join(kept))
 
 
 def network_spec(cfg: TrainConfig, meta: dict[str, Any]) -> ModelSpec:
@@ -88,16 +106,17 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     cfg = params.train
     meta = read_json(ws.prepared / "meta.json")
     spec = network_spec(cfg, meta)
-    inputs_hash = files_digest(ws.augmented / "train.npz", ws.prepared / "val.npz")
+    inputs_hash = inputs_digest(ws)
     fingerprint = f"{inputs_hash}-{params.section_hash('train')}"
     ckpt_dir = ws.train_dir / "checkpoints"
     resume_from = checkpoint_to_resume(ckpt_dir, fingerprint)
     if resume_from:
         log.info("train: resuming the unfinished run from %s", resume_from)
+        trim_curves(ws.train_metrics, resume_from)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_classifier(cfg, spec)
-    data = ArrayDataModule(ws.augmented / "train.npz", ws.prepared / "val.npz", cfg.batch_size, cfg.seed)
+    data = datamodule(params, ws, cfg.seed)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     overrides = dict(trainer_overrides or {})
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=cfg.patience)
@@ -146,7 +165,7 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
 
 
 def main(params: ParamsFile = PARAMS) -> None:
-    """Train the classifier on data/augmented/ and write artifacts/train/model.pt."""
+    """Train on data/prepared/ (augmented per data/augmented/policy.json); write artifacts/train/model.pt."""
     train(load_params(params))
 
 

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "ingest": {"image_size": 8, "extra_sources": []},
-    "augment": {"copies": 1, "preview_images": 2},
-    "train": {"width": 8, "epochs": 2, "batch_size": 256, "lr": 0.01, "accelerator": "cpu"},
+    "augment": {"preview_images": 2},
+    "train": {"width": 8, "epochs": 4, "batch_size": 128, "lr": 0.01, "accelerator": "cpu"},
     "evaluate": {"baseline": "logistic", "baseline_c": 1.0},
     # Generous gates: two-epoch tiny models are not what the thresholds are for; every variant's
     # path gets exercised. Rejection is tested on its own with the real thresholds.

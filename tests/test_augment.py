@@ -1,4 +1,5 @@
-"""Augment: seeded, shape-preserving, never mirrors by default, and a preview a person can check."""
+"""Augment: a seeded policy applied online (nothing stored per image by default), offline copies only
+when asked for, never mirrors by default, and a preview a person can check."""
 
 from pathlib import Path
 
@@ -6,9 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lab2prod.augmentation import augment_images
+from lab2prod.dataset import SplitIndex
+from lab2prod.files import read_json
 from lab2prod.layout import Workspace
 from lab2prod.settings import validate_params
-from tasks.augment import augment, augment_images
+from tasks.augment import augment
 from tasks.ingest import ingest
 from tests.conftest import TINY
 
@@ -29,28 +33,29 @@ def acfg(**over):
     return validate_params({"augment": {**TINY["augment"], **over}}).augment
 
 
-def test_copies_zero_passes_the_split_through(tmp_path: Path, prepared: Path) -> None:
-    summary = augment(acfg(copies=0), in_tmp(prepared, tmp_path))
-    with np.load(prepared / "train.npz") as a, np.load(tmp_path / "aug/train.npz") as b:
-        assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["y"], b["y"])
-    assert summary["total"] == summary["original"]
+def test_default_stores_the_policy_and_nothing_per_image(tmp_path: Path, prepared: Path) -> None:
+    summary = augment(acfg(), in_tmp(prepared, tmp_path))
+    assert [p.name for p in (tmp_path / "aug").iterdir()] == ["policy.json"]
+    policy = read_json(tmp_path / "aug/policy.json")
+    assert policy["online"] and policy["image_size"] == 8 and policy["settings"]["seed"] == acfg().seed
+    assert summary["offline_bytes"] == 0
 
 
-def test_copies_multiply_the_split_keep_labels_and_change_pixels(tmp_path: Path, prepared: Path) -> None:
-    augment(acfg(copies=2), in_tmp(prepared, tmp_path))
-    with np.load(prepared / "train.npz") as a, np.load(tmp_path / "aug/train.npz") as b:
-        n = len(a["y"])
-        assert b["x"].shape == (3 * n, *a["x"].shape[1:]) and b["x"].dtype == np.uint8
-        assert np.array_equal(b["y"], np.tile(a["y"], 3))
-        assert np.array_equal(b["x"][:n], a["x"])  # originals kept first
-        changed = np.mean([not np.array_equal(b["x"][n + i], a["x"][i]) for i in range(n)])
-        assert changed > 0.9
+def test_offline_copies_when_asked_keep_labels_and_change_pixels(tmp_path: Path, prepared: Path) -> None:
+    summary = augment(acfg(offline_copies=2), in_tmp(prepared, tmp_path))
+    original, copies = SplitIndex.read(prepared, "train"), SplitIndex.read(tmp_path / "aug", "copies")
+    n = len(original)
+    assert len(copies) == 2 * n and np.array_equal(copies.labels, np.tile(original.labels, 2))
+    a, b = original.images(range(n)), copies.images(range(n))
+    assert np.mean([not np.array_equal(a[i], b[i]) for i in range(n)]) > 0.9
+    assert summary["offline_bytes"] > 0
 
 
 def test_augmentation_is_seeded() -> None:
     x = np.random.default_rng(0).integers(0, 255, (16, 8, 8, 1), dtype=np.uint8)
-    assert np.array_equal(augment_images(x, acfg(seed=3)), augment_images(x, acfg(seed=3)))
-    assert not np.array_equal(augment_images(x, acfg(seed=3)), augment_images(x, acfg(seed=4)))
+    cfg = acfg()
+    assert np.array_equal(augment_images(x, cfg, 2, seed=3), augment_images(x, cfg, 2, seed=3))
+    assert not np.array_equal(augment_images(x, cfg, 2, seed=3), augment_images(x, cfg, 2, seed=4))
 
 
 def test_no_mirroring_unless_asked() -> None:
@@ -58,14 +63,23 @@ def test_no_mirroring_unless_asked() -> None:
     x = np.zeros((64, 8, 8, 1), np.uint8)
     x[:, :, :4] = 255
     still = dict(rotation_deg=0, shift=0, scale_min=1.0, scale_max=1.0, brightness=0, contrast=0)
-    kept = augment_images(x, acfg(**still))
+    kept = augment_images(x, acfg(**still), 1, seed=0)
     assert np.array_equal(kept, x)
-    flipped = augment_images(x, acfg(**still, horizontal_flip=True))
+    flipped = augment_images(x, acfg(**still, horizontal_flip=True), 1, seed=0)
     mirrored = sum(int(img[:, 4:].mean() > img[:, :4].mean()) for img in flipped)
     assert 10 < mirrored < 54  # about half
 
 
-def test_preview_is_a_real_image(tmp_path: Path, prepared: Path) -> None:
-    augment(acfg(copies=3), in_tmp(prepared, tmp_path))
+def test_random_resized_crop_zooms_in() -> None:
+    x = np.zeros((32, 16, 16, 1), np.uint8)
+    x[:, 4:12, 4:12] = 255  # a centred square covering a quarter of the image
+    still = dict(rotation_deg=0, shift=0, scale_min=1.0, scale_max=1.0, brightness=0, contrast=0)
+    cropped = augment_images(x, acfg(**still, crop_scale_min=0.2), 1, seed=0)
+    assert cropped.shape == x.shape
+    assert (cropped > 127).mean() > (x > 127).mean() * 1.2  # crops of the middle enlarge the square
+
+
+def test_preview_shows_one_image_per_class(tmp_path: Path, prepared: Path) -> None:
+    augment(acfg(preview_images=10), in_tmp(prepared, tmp_path))
     with Image.open(tmp_path / "preview.png") as img:
-        assert img.format == "PNG" and img.width > 200 and img.height > 100
+        assert img.format == "PNG" and img.width > 200 and img.height > 10 * 100  # ten rows, ~130 px each

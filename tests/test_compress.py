@@ -16,8 +16,8 @@ from lab2prod.compression import judge
 from lab2prod.errors import DataError
 from lab2prod.records import CompressReport, VariantResult
 from lab2prod.settings import validate_params
+from lab2prod.training_data import datamodule
 from models.classifier import DistillationModule
-from models.data import ArrayDataModule
 from models.model_file import load_model_file
 from models.networks import count_macs_and_params
 from tasks.compress import compress, finetune
@@ -71,7 +71,7 @@ def test_student_is_narrower_and_distillation_leaves_the_teacher_alone(tiny_run:
     _, info = load_model_file(tiny_run["model"])
     student = info.spec.model_copy(update={"width": 4}).build()
     module = DistillationModule(student, teacher, 10, lr=0.01, weight_decay=0.0, temperature=4.0, alpha=0.7)
-    data = ArrayDataModule(tiny_run["augmented"] / "train.npz", tiny_run["prepared"] / "val.npz", 256, 0)
+    data = datamodule(validate_params(TINY), tiny_run["ws"], 0)
     finetune(module, data, epochs=1, seed=0)
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running stats unchanged

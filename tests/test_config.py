@@ -43,7 +43,7 @@ def test_unknown_section_is_rejected(tmp_path: Path) -> None:
         ("train", "epochs", "many"),
         ("train", "lr", -1.0),
         ("ingest", "channels", 2),
-        ("augment", "copies", -1),
+        ("augment", "offline_copies", -1),
         ("ingest", "test_fraction", 1.5),
         ("train", "architecture", "vgg"),
     ],
@@ -77,8 +77,8 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
 
 def test_overrides_are_applied_then_validated() -> None:
     raw = {"train": {"epochs": 3}}
-    merged = apply_overrides(raw, {"train.epochs": 5, "augment.copies": 0})
-    assert validate_params(merged).train.epochs == 5 and validate_params(merged).augment.copies == 0
+    merged = apply_overrides(raw, {"train.epochs": 5, "augment.offline_copies": 0})
+    assert validate_params(merged).train.epochs == 5 and validate_params(merged).augment.offline_copies == 0
     assert raw == {"train": {"epochs": 3}}  # the original is untouched
     with pytest.raises(ConfigError, match="train.epochs"):
         validate_params(apply_overrides(raw, {"train.epochs": "lots"}))

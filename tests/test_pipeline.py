@@ -27,7 +27,8 @@ def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> Non
     assert stages_run(first.stdout) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
     for out in (
         "data/prepared/meta.json",
-        "data/augmented/train.npz",
+        "data/prepared/train/index.csv",
+        "data/augmented/policy.json",
         "artifacts/train/model.pt",
         "metrics/evaluate.json",
         "plots/confusion_matrix.png",

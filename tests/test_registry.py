@@ -166,7 +166,7 @@ def test_gate_promotes_only_a_better_challenger(tiny_run: dict[str, Path], tmp_p
     cfg = validate_params({}).retrain
     good = tiny_run["onnx"]
     classes = [str(i) for i in range(10)]
-    test = tiny_run["prepared"] / "test.npz"
+    test = tiny_run["prepared"]
     first = decide(good, None, test, classes, cfg)
     assert first.promote and "no champion yet" in first.reason
     evaluated = json.loads(tiny_run["metrics"].read_text())  # PyTorch's figures on the same split
@@ -200,7 +200,7 @@ def test_gate_rejects_a_served_file_that_skipped_exports_checks(tiny_run: dict[s
     verdict = decide(
         tiny_run["onnx"],
         None,
-        tiny_run["prepared"] / "test.npz",
+        tiny_run["prepared"],
         [str(i) for i in range(10)],
         cfg,
         checks_failed=problem,
@@ -212,7 +212,7 @@ def test_no_champion_and_a_challenger_that_failed_export_checks_is_registered_no
     project: Path, tmp_path: Path, tiny_run: dict[str, Path]
 ) -> None:
     """Issue 13's crash: no champion yet and export's checks missing must end "not promoted", not a TypeError."""
-    shutil.copy2(tiny_run["prepared"] / "test.npz", project / "data/prepared/test.npz")
+    shutil.copytree(tiny_run["prepared"] / "test", project / "data/prepared/test")
     (project / "params.yaml").write_text(yaml.safe_dump(TINY))
     reg = str(tmp_path / "registry")
     log = logging.getLogger("test")
