@@ -47,15 +47,27 @@ class EpochBatches:
     this rank's strided share of it, cut into the same number of batches on every rank (so DDP's
     collective calls line up) without repeating or dropping a sample."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        epoch: Callable[[], int] = lambda: 0,
+        rank_world: tuple[int, int] | None = None,
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, epoch
+        self.rank_world = rank_world  # None: from torch.distributed when it runs
+
+    def _rank_world(self) -> tuple[int, int]:
+        return self.rank_world or rank_and_world()
 
     def __len__(self) -> int:
-        _, world = rank_and_world()
+        _, world = self._rank_world()
         return max(1, math.ceil(math.ceil(self.n / world) / self.batch_size))
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        rank, world = rank_and_world()
+        rank, world = self._rank_world()
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch()]).permutation(self.n)
         else:
