@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class SplitIndex:
     sha256: list[str]
     sources: list[str]
     _files: dict[int, BinaryIO] = field(default_factory=dict, repr=False)
+    _pid: int = field(default_factory=os.getpid, repr=False)
 
     @classmethod
     def read(cls, prepared: Path | str, split: str) -> SplitIndex:
@@ -147,7 +149,7 @@ class SplitIndex:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_files"] = {}  # open file handles stay in the process that opened them
+        state["_files"], state["_pid"] = {}, -1  # open file handles stay in the process that opened them
         return state
 
     @property
@@ -157,6 +159,8 @@ class SplitIndex:
         return len(self) * h * w * c
 
     def encoded(self, i: int) -> bytes:
+        if self._pid != os.getpid():  # a forked loader worker: never share a file offset with the parent
+            self._files, self._pid = {}, os.getpid()
         shard = int(self.shard[i])
         fh = self._files.get(shard)
         if fh is None:

@@ -45,7 +45,7 @@ def write_model_card(
         "## Data",
         f"Source: `{meta['source']}`; {meta['n_images']} images after quarantine and de-duplication; "
         f"split train/val/test = {sum(meta['counts']['train'].values())}/{sum(meta['counts']['val'].values())}/"
-        f"{sum(meta['counts']['test'].values())} (hash-bucket split, seed {params.ingest.seed}: no image ever changes split); "
+        f"{sum(meta['counts']['test'].values())} (hash buckets, seed {params.ingest.seed}: images never change split); "
         f"quarantined: {meta['quarantined'] or 'none'}.",
         "",
         "## Quality on the test split",
