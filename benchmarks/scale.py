@@ -8,6 +8,7 @@ re-ingest after adding 1 % new files against the full ingest at the largest size
 
     python -m benchmarks.scale --sizes 2000,8000,32000
     python -m benchmarks.scale --sizes 500,2000 --image-size 64     # a quick look
+    python -m benchmarks.scale --sizes 32000 --stages ingest        # ingest and re-ingest only
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from lab2prod.settings import apply_overrides, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "augment", "train", "evaluate")
+ADDED_FROM = 10_000_000  # index of the first image added for the re-ingest measurement
 # Runs a stage module as `python -m` would, then reports the peak RSS of itself and of its children.
 WRAPPER = """
 import json, resource, runpy, sys
+module, sys.argv = sys.argv[1], sys.argv[:1]
 try:
-    runpy.run_module(sys.argv[1], run_name="__main__", alter_sys=True)
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 except SystemExit as exit:
     if exit.code not in (None, 0):
         raise
@@ -85,9 +88,11 @@ def main(
     work: Annotated[Path, typer.Option(help="Scratch folder (image folders are kept for reruns).")] = Path(
         "/tmp/lab2prod-scale"
     ),
+    stages: Annotated[str, typer.Option(help="Comma-separated stages to run, in DAG order.")] = ",".join(STAGES),
 ) -> None:
     """Run ingest, augment, one training epoch and evaluate at each size; print time and memory."""
     counts = sorted(int(s) for s in sizes.split(","))
+    chosen = [s for s in STAGES if s in stages.split(",")]
     rows: dict[int, dict[str, dict]] = {}
     source_bytes: dict[int, int] = {}
     for n in counts:
@@ -102,7 +107,7 @@ def main(
         project.mkdir(parents=True)
         (project / "params.yaml").write_text(yaml.safe_dump(settings(images, image_size), sort_keys=False))
         rows[n] = {}
-        for stage in STAGES:
+        for stage in chosen:
             rows[n][stage] = run_stage(project, stage)
             print(f"  {n:>7} images  {stage:<9} {rows[n][stage]['seconds']:8.1f} s", file=sys.stderr)
         rows[n]["prepared_bytes"] = folder_bytes(project / "data/prepared")
@@ -111,15 +116,17 @@ def main(
     images = work / f"images-{largest}-{image_size}"
     project = work / f"project-{largest}"
     added = max(1, largest // 100)
-    make_folder(images, added, image_size, start=10_000_000)  # new indices: new images
+    make_folder(images, added, image_size, start=ADDED_FROM)  # new indices: new images
     again = run_stage(project, "ingest")
-    shutil.rmtree(images)  # the folder now differs from its size's: rebuild it next time
+    for path in images.rglob("*.jpg"):  # back to the folder of its size, for the next run
+        if int(path.stem) >= ADDED_FROM:
+            path.unlink()
 
     print(f"hardware: {hardware()}")
     print(f"synthetic JPEG folders, {image_size}x{image_size} RGB, 10 classes; train: small_cnn width 8, batch 64")
     print("images  stage      wall s   images/s  peak RSS MB  worker peak RSS MB")
     for n in counts:
-        for stage in STAGES:
+        for stage in chosen:
             r = rows[n][stage]
             print(
                 f"{n:>6}  {stage:<9} {r['seconds']:>7.1f}  {n / r['seconds']:>9.0f}  {r['rss_mb']:>11.0f}"
@@ -127,7 +134,7 @@ def main(
             )
     smallest = counts[0]
     print(f"peak RSS at {largest} / at {smallest} images (stage process; worker):")
-    for stage in STAGES:
+    for stage in chosen:
         a, b = rows[largest][stage], rows[smallest][stage]
         print(f"  {stage:<9} {a['rss_mb'] / b['rss_mb']:.2f}x; {a['worker_rss_mb'] / max(b['worker_rss_mb'], 1):.2f}x")
     for n in counts:

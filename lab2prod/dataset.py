@@ -22,17 +22,20 @@ import csv
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from lab2prod.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: ingest never needs it (2 s of start-up)
+    import torch
 
 SPLITS = ("train", "val", "test")
 INDEX = "index.csv"
@@ -74,20 +77,34 @@ class ShardWriter:
         """Append one member; returns the byte offset of its data in the shard."""
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), 0, 0o644  # mtime 0: same samples, same bytes
-        data_offset = tar.offset + len(info.tobuf(tarfile.USTAR_FORMAT, tar.encoding, tar.errors))
+        data_offset = tar.offset + tarfile.BLOCKSIZE  # a USTAR header of a short name is one block
         tar.addfile(info, io.BytesIO(data))
         self._in_shard += len(data) + 1024
         return data_offset
 
     def write(self, s: Sample) -> None:
         tar = self._shard()
-        key = f"{len(self.rows):09d}"
+        key = s.sha256[:20]  # content-derived: unique in a split (duplicates are removed) and stable across ingests
         offset = self._add(tar, f"{key}.{s.ext}", s.data)
         self._add(tar, f"{key}.cls", str(s.label).encode())
         meta = {"class": s.class_name, "sha256": s.sha256, "source": s.source}
         self._add(tar, f"{key}.json", json.dumps(meta).encode())
         self.rows.append((key, self.n_shards - 1, offset, len(s.data), s.label, s.sha256, s.source))
         self.total_bytes += len(s.data)
+
+    def link(self, shard: Path, rows: list[tuple]) -> None:
+        """Add a finished shard of an earlier ingest unchanged (hard link, else copy): `rows` are its
+        index rows there. Samples written after it go into a new shard."""
+        self.close_shard()
+        target = self.dir / f"shard-{self.n_shards:05d}.tar"
+        try:
+            os.link(shard, target)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copyfile(shard, target)
+        for key, _, offset, size, label, sha, source in rows:
+            self.rows.append((key, self.n_shards, offset, size, label, sha, source))
+            self.total_bytes += int(size)
+        self.n_shards += 1
 
     def close_shard(self) -> None:
         if self._tar is not None:
@@ -114,6 +131,7 @@ class SplitIndex:
     labels: np.ndarray  # int64
     sha256: list[str]
     sources: list[str]
+    keys: list[str]
     _files: dict[int, BinaryIO] = field(default_factory=dict, repr=False)
     _pid: int = field(default_factory=os.getpid, repr=False)
 
@@ -142,10 +160,24 @@ class SplitIndex:
             labels=np.asarray(cols[4], np.int64),
             sha256=list(cols[5]),
             sources=list(cols[6]),
+            keys=list(cols[0]),
         )
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def row(self, i: int) -> tuple:
+        """Sample i's index row (the columns of INDEX_COLUMNS)."""
+        key = f"{self.sha256[i][:20]}"
+        return (
+            key,
+            int(self.shard[i]),
+            int(self.offset[i]),
+            int(self.size[i]),
+            int(self.labels[i]),
+            self.sha256[i],
+            self.sources[i],
+        )
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -207,6 +239,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def load_split(prepared: Path | str, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A split (or its first `limit` samples) decoded into memory: (uint8 NHWC images, int64 labels)."""
+    import torch
+
     index = SplitIndex.read(prepared, split)
     n = len(index) if limit is None else min(limit, len(index))
     try:
@@ -218,6 +252,8 @@ def load_split(prepared: Path | str, split: str, limit: int | None = None) -> tu
 
 def iter_split(prepared: Path | str, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A split in order, `batch_size` decoded images at a time: memory stays flat however large it is."""
+    import torch
+
     index = SplitIndex.read(prepared, split)
     try:
         for start in range(0, len(index), batch_size):

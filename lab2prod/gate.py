@@ -1,4 +1,11 @@
-"""Champion vs challenger: both ONNX models scored on the same test split; promote only if better.
+"""Champion vs challenger: both ONNX models scored on the same test images, ones neither trained on;
+promote only if better.
+
+Splits are hash buckets of each image's content (lab2prod/splits.py), so the challenger's test split
+holds no image the challenger trained or validated on. The champion may have been split by another
+rule (another seed or other fractions): the test images its own rule put in its train or val split are
+left out for both models, and the decision says how many and why. With fewer than
+`retrain.min_test_images` left, nothing is promoted: a decision on noise is no decision.
 
 The challenger must gain at least `retrain.min_f1_gain` points of macro F1 and no class may lose
 more than `retrain.max_class_recall_drop` points of recall.
@@ -6,18 +13,19 @@ more than `retrain.max_class_recall_drop` points of recall.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lab2prod.dataset import load_split
+from lab2prod.dataset import SplitIndex, load_split
 from lab2prod.files import read_json
 from lab2prod.metrics import classification_metrics
 from lab2prod.onnx_model import onnx_top1
 from lab2prod.settings import RetrainConfig
+from lab2prod.splits import bucket
 
 
 @dataclass(frozen=True)
@@ -25,8 +33,10 @@ class Decision:
     promote: bool
     reason: str
     recall_drops: dict[str, float]
-    # both models on the same test split: {"challenger"|"champion": {"accuracy", "f1_macro", "recall.<class>"}}
+    # both models on the same test images: {"challenger"|"champion": {"accuracy", "f1_macro", "recall.<class>"}}
     scores: dict[str, dict[str, float]]
+    # how many test images the decision rests on, how many were left out and why
+    test_images: dict[str, Any] = field(default_factory=dict)
 
     @property
     def challenger_f1(self) -> float:
@@ -65,6 +75,18 @@ def export_problem(export_metrics: Path, onnx_name: str) -> str | None:
     return None
 
 
+def unseen_by(rule: dict[str, Any] | None, hashes: list[str]) -> tuple[np.ndarray, str]:
+    """Which images a model split by `rule` (meta.json's split_rule) never trained or validated on."""
+    if not rule:
+        why = "the champion's split rule is unknown (registered before lab2prod recorded it): all test images used"
+        return np.ones(len(hashes), bool), why
+    mask = np.asarray([bucket(h, rule["seed"]) < rule["test"] for h in hashes], bool)
+    why = (
+        f"left out: test images the champion's split rule (seed {rule['seed']}, test {rule['test']}) puts in train/val"
+    )
+    return mask, why
+
+
 def decide(
     challenger_onnx: Path,
     champion_onnx: Path | None,
@@ -72,18 +94,32 @@ def decide(
     classes: list[str],
     cfg: RetrainConfig,
     checks_failed: str | None = None,
+    champion_rule: dict[str, Any] | None = None,
 ) -> Decision:
-    """Score both models on the test split of the `prepared` data; the verdict and its reason in words.
+    """Score both models on the test images of `prepared` that neither trained on; the verdict in words.
 
-    `checks_failed` (from `export_problem`) rejects the challenger whatever its scores.
+    `checks_failed` (from `export_problem`) rejects the challenger whatever its scores;
+    `champion_rule` is the split rule of the champion's data (its registered meta.json).
     """
     x, y = load_split(prepared, "test")
-    y_true = y.numpy()
-    new = score(challenger_onnx, x, y_true, classes)
-    if checks_failed:
-        return Decision(False, f"compression/export checks: {checks_failed}", {}, {"challenger": new})
+    keep, why = unseen_by(
+        champion_rule if champion_onnx is not None else None, SplitIndex.read(prepared, "test").sha256
+    )
     if champion_onnx is None:
-        return Decision(True, "no champion yet: the first model becomes champion", {}, {"challenger": new})
+        why = "no champion: every test image used"
+    used = {"used": int(keep.sum()), "excluded": int((~keep).sum()), "why": why}
+    x, y_true = x[torch.from_numpy(keep)], y.numpy()[keep]
+    new = score(challenger_onnx, x, y_true, classes) if len(y_true) else {}
+    if checks_failed:
+        return Decision(False, f"compression/export checks: {checks_failed}", {}, {"challenger": new}, used)
+    if champion_onnx is None:
+        return Decision(True, "no champion yet: the first model becomes champion", {}, {"challenger": new}, used)
+    if len(y_true) < cfg.min_test_images:
+        reason = (
+            f"only {len(y_true)} test images neither model trained on (< retrain.min_test_images = "
+            f"{cfg.min_test_images}; {used['excluded']} {why}): too few to decide, champion kept"
+        )
+        return Decision(False, reason, {}, {"challenger": new}, used)
     old = score(champion_onnx, x, y_true, classes)
     scores = {"challenger": new, "champion": old}
     drops = {
@@ -103,5 +139,9 @@ def decide(
             f"{cfg.max_class_recall_drop}"
         )
     if reasons:
-        return Decision(False, "; ".join(reasons), drops, scores)
-    return Decision(True, f"{f1s} ({gain:+.2f} points), no class recall drop over the limit", drops, scores)
+        return Decision(False, "; ".join(reasons), drops, scores, used)
+    reason = (
+        f"{f1s} ({gain:+.2f} points) on {len(y_true)} test images neither model trained on, "
+        "no class recall drop over the limit"
+    )
+    return Decision(True, reason, drops, scores, used)

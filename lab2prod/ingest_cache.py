@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,14 +69,26 @@ class IngestCache:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO outcome VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def summary(self, key: str) -> Outcome:
-        """The outcome without the stored bytes (cheap)."""
-        row = self.db.execute("SELECT reason, detail, sha256, ext, sums FROM outcome WHERE key = ?", (key,)).fetchone()
-        reason, detail, sha, ext, sums = row
-        return Outcome(key, reason, detail, sha, ext, tuple(np.frombuffer(sums, np.float64).tolist()))
+    def _select(self, columns: str, keys: list[str]) -> Iterator[tuple]:
+        """Rows of `columns` for `keys`, in the order of `keys`, fetched 900 at a time."""
+        for start in range(0, len(keys), 900):  # SQLite's limit on bound parameters per statement
+            chunk = keys[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            found = {
+                row[0]: row
+                for row in self.db.execute(f"SELECT key, {columns} FROM outcome WHERE key IN ({marks})", chunk)
+            }
+            yield from (found[k] for k in chunk)
 
-    def data(self, key: str) -> bytes:
-        return self.db.execute("SELECT data FROM outcome WHERE key = ?", (key,)).fetchone()[0]
+    def summaries(self, keys: list[str]) -> Iterator[Outcome]:
+        """The outcomes of `keys` without their stored bytes."""
+        for key, reason, detail, sha, ext, sums in self._select("reason, detail, sha256, ext, sums", keys):
+            yield Outcome(key, reason, detail, sha, ext, tuple(np.frombuffer(sums, np.float64).tolist()))
+
+    def stored(self, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+        """(ext, bytes to store) of each key, streamed: memory holds one batch of 900 at most."""
+        for _, ext, data in self._select("ext, data", keys):
+            yield ext, data
 
     def close(self) -> None:
         self.db.close()

@@ -17,7 +17,7 @@ from lab2prod.files import read_json
 from lab2prod.gate import decide, export_problem
 from lab2prod.layout import Workspace
 from lab2prod.lineage import git_commit
-from lab2prod.registry import champion, deployable_name, local_copy, register, set_champion
+from lab2prod.registry import champion, deployable_name, local_copy, manifest, register, set_champion
 from lab2prod.settings import load_params
 
 
@@ -32,6 +32,10 @@ def decide_and_register(
     served = deployable_name(ws.benchmark)
     with tempfile.TemporaryDirectory() as scratch:  # a remote registry's champion file is downloaded
         champion_onnx = local_copy(registry, current["version"], current["onnx"], Path(scratch)) if current else None
+        champion_rule = None
+        if current and "data_meta.json" in manifest(registry, current["version"])["files"]:
+            data_meta = local_copy(registry, current["version"], "data_meta.json", Path(scratch) / "meta")
+            champion_rule = read_json(data_meta).get("split_rule")
         decision = decide(
             ws.exported / served,
             champion_onnx,
@@ -39,6 +43,7 @@ def decide_and_register(
             meta["classes"],
             params.retrain,
             checks_failed=export_problem(ws.export_metrics, served),
+            champion_rule=champion_rule,
         )
     evaluate = read_json(ws.evaluate_metrics)
     lineage = {

@@ -38,7 +38,7 @@ class IngestConfig(_Section):
     resize: Literal["stretch", "crop"] = "stretch"
     encoding: Literal["png", "jpeg", "webp"] = "png"
     quality: Annotated[int, Field(ge=1, le=100)] = 95
-    shard_mb: Annotated[int, Field(ge=1, le=4096)] = 256
+    shard_mb: Annotated[float, Field(gt=0.0, le=4096)] = 256
     workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
     cache: bool = True
 
@@ -146,6 +146,7 @@ class RetrainConfig(_Section):
     registry_dir: str = "registry"
     min_f1_gain: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
     max_class_recall_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
+    min_test_images: Annotated[int, Field(ge=1)] = 30
 
 
 class Params(_Section):

@@ -31,6 +31,8 @@ from lab2prod.settings import IngestConfig
 
 log = logging.getLogger(__name__)
 
+# File metadata that changes with the content, by filesystem (S3/GCS/Azure ETag or hash, local mtime, ...)
+STAMPS = ("ETag", "etag", "md5Hash", "crc32c", "checksum", "mtime", "LastModified", "last_modified", "created")
 FILES_PER_TASK = 32  # files a worker reads and decodes per task: amortises inter-process traffic
 
 
@@ -70,11 +72,7 @@ def settings_key(cfg: IngestConfig) -> str:
 def _identity(info: dict) -> str:
     """What changes when a file's content changes, without reading it: size plus mtime, ETag or checksum."""
     stamp = next(
-        (
-            info[k]
-            for k in ("ETag", "etag", "md5Hash", "crc32c", "checksum", "mtime", "LastModified", "last_modified")
-            if info.get(k) is not None
-        ),
+        (info[k] for k in STAMPS if info.get(k) is not None),
         "",
     )
     return f"{info.get('size')}:{stamp}"
@@ -170,8 +168,7 @@ def _run(workers: int, source: str, batches: list, cfg: IngestConfig) -> Iterato
 def collect(files: list[SourceFile], cache: IngestCache) -> tuple[list[Candidate], list[Rejected]]:
     """Usable images and rejected files, from the cache's outcomes for `files`."""
     candidates, rejected = [], []
-    for f in files:
-        o = cache.summary(f.key)
+    for f, o in zip(files, cache.summaries([f.key for f in files]), strict=True):
         if o.ok:
             candidates.append(Candidate(f.class_name, f.path, f.key, o.sha256, o.sums))
         else:

@@ -31,7 +31,8 @@ import typer
 from rich.progress import track
 
 from lab2prod.console import ParamsFile, run_stage
-from lab2prod.dataset import Sample, ShardWriter
+from lab2prod.dataset import Sample, ShardWriter, SplitIndex
+from lab2prod.errors import DataError
 from lab2prod.files import atomic_dir, write_json
 from lab2prod.ingest_cache import IngestCache
 from lab2prod.layout import PARAMS, WORKSPACE
@@ -114,10 +115,18 @@ def ingest(cfg: IngestConfig, out_dir: Path = WORKSPACE.prepared, cache_path: Pa
             label = {name: i for i, name in enumerate(classes)}
             shard_bytes = {}
             for name, members in splits.items():
-                writer = ShardWriter(tmp / name, cfg.shard_mb * 2**20)
-                for c in track(members, description=f"ingest: writing {name} shards", transient=True):
-                    data, o = cache.data(c.key), cache.summary(c.key)
-                    writer.write(Sample(data, o.ext, label[c.class_name], c.class_name, c.sha256, c.source))
+                writer = ShardWriter(tmp / name, int(cfg.shard_mb * 2**20))
+                plan = _plan(members, _previous(out_dir, name, meta_shape(cfg)), label, int(cfg.shard_mb * 2**20))
+                to_write = [step for step in plan if isinstance(step, Candidate)]
+                stored = iter(cache.stored([c.key for c in to_write]))
+                for step in track(plan, description=f"ingest: writing {name} shards", transient=True):
+                    if isinstance(step, Candidate):
+                        ext, data = next(stored)
+                        writer.write(
+                            Sample(data, ext, label[step.class_name], step.class_name, step.sha256, step.source)
+                        )
+                    else:
+                        writer.link(*step)
                 writer.close()
                 shard_bytes[name] = writer.total_bytes
         finally:
@@ -136,7 +145,7 @@ def ingest(cfg: IngestConfig, out_dir: Path = WORKSPACE.prepared, cache_path: Pa
         meta = {
             "source": cfg.source,
             "classes": classes,
-            "image_shape": [cfg.image_size, cfg.image_size, cfg.channels],  # H, W, C
+            "image_shape": meta_shape(cfg),  # H, W, C
             "resize": cfg.resize,
             "format": "WebDataset tar shards + index.csv per split (lab2prod/dataset.py)",
             "counts": counts,
@@ -175,6 +184,51 @@ def ingest(cfg: IngestConfig, out_dir: Path = WORKSPACE.prepared, cache_path: Pa
     if rejected:
         log.warning("ingest: %d file(s) set aside, see %s", len(rejected), out_dir / "quarantine/report.json")
     return summary
+
+
+def meta_shape(cfg: IngestConfig) -> list[int]:
+    return [cfg.image_size, cfg.image_size, cfg.channels]
+
+
+def _previous(out_dir: Path, split: str, shape: list[int]) -> SplitIndex | None:
+    """The same split of the previous ingest's output, if it has the same image shape."""
+    try:
+        previous = SplitIndex.read(out_dir, split)
+    except (DataError, OSError, ValueError, KeyError):
+        return None
+    return previous if list(previous.image_shape) == shape else None
+
+
+def _plan(
+    members: list[Candidate], previous: SplitIndex | None, label: dict[str, int], shard_bytes: int
+) -> list[Candidate | tuple[Path, list[tuple]]]:
+    """What to write, in order: whole shards of the previous ingest kept as they are (every image in
+    them still there, same label and source), then the images of changed shards, then new images.
+
+    Adding images therefore writes only new shards (and rewrites a small last one): a re-ingest after
+    a 1 % addition copies nothing, and DVC stores and pushes only the new shards.
+    """
+    if previous is None:
+        return list(members)
+    by_sha = {c.sha256: c for c in members}
+    plan: list[Candidate | tuple[Path, list[tuple]]] = []
+    placed: set[str] = set()
+    n_shards = int(previous.shard.max()) + 1 if len(previous) else 0
+    for k in range(n_shards):
+        rows = np.flatnonzero(previous.shard == k)
+        shard = previous.dir / f"shard-{k:05d}.tar"
+        kept = [by_sha.get(previous.sha256[i]) for i in rows]
+        unchanged = all(
+            c is not None and label[c.class_name] == previous.labels[i] and c.source == previous.sources[i]
+            for c, i in zip(kept, rows, strict=True)
+        )
+        small_last = k == n_shards - 1 and int(previous.size[rows].sum()) < shard_bytes // 2
+        if unchanged and not small_last and shard.is_file():
+            plan.append((shard, [previous.row(int(i)) for i in rows]))
+        else:
+            plan += [c for c in kept if c is not None]
+        placed |= {c.sha256 for c in kept if c is not None}
+    return plan + [c for c in members if c.sha256 not in placed]
 
 
 def _per_class(members: list[Candidate], classes: list[str]) -> list[int]:

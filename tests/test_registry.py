@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from lab2prod.dataset import SplitIndex
 from lab2prod.errors import RegistryError
 from lab2prod.files import sha256_file as sha256
 from lab2prod.gate import decide, export_problem
@@ -35,6 +36,7 @@ from lab2prod.registry import (
     versions,
 )
 from lab2prod.settings import validate_params
+from lab2prod.splits import bucket
 from models.networks import build_network
 from tests.conftest import TINY
 
@@ -190,6 +192,23 @@ def test_gate_promotes_only_a_better_challenger(tiny_run: dict[str, Path], tmp_p
     assert not strict.promote and "gain +0.00 points" in strict.reason
 
 
+def test_gate_scores_both_models_only_on_images_neither_trained_on(tiny_run: dict[str, Path]) -> None:
+    """A champion split by another rule trained on part of today's test split: those images are left out."""
+    cfg = validate_params({}).retrain
+    good, prepared, classes = tiny_run["onnx"], tiny_run["prepared"], [str(i) for i in range(10)]
+    hashes = SplitIndex.read(prepared, "test").sha256
+    same_rule = json.loads((prepared / "meta.json").read_text())["split_rule"]
+    fair = decide(good, good, prepared, classes, cfg, champion_rule=same_rule)
+    assert fair.test_images["used"] == len(hashes) and fair.test_images["excluded"] == 0  # same rule: nothing seen
+    other = {"seed": 999, "val": 0.15, "test": 0.25}
+    seen_by_champion = sum(bucket(h, 999) >= 0.25 for h in hashes)  # in the champion's train/val
+    d = decide(good, good, prepared, classes, cfg, champion_rule=other)
+    assert 0 < seen_by_champion == d.test_images["excluded"] and d.test_images["used"] == len(hashes) - seen_by_champion
+    assert "seed 999" in d.test_images["why"] and d.promote  # the same model ties on the images left
+    too_few = decide(good, good, prepared, classes, cfg, champion_rule={"seed": 999, "val": 0.15, "test": 0.01})
+    assert not too_few.promote and "too few to decide" in too_few.reason
+
+
 def test_gate_rejects_a_served_file_that_skipped_exports_checks(tiny_run: dict[str, Path], tmp_path: Path) -> None:
     export_json = tiny_run["export_metrics"]
     assert export_problem(export_json, "model.onnx") is None
@@ -224,3 +243,6 @@ def test_no_champion_and_a_challenger_that_failed_export_checks_is_registered_no
     shutil.copy2(tiny_run["export_metrics"], project / "metrics/export.json")
     second = decide_and_register(project, reg, {}, log)  # the same model, now with its checks passed
     assert second["promoted"] and second["champion"] == "v0002" == champion(reg)["version"]
+    third = decide_and_register(project, reg, {}, log)  # against a champion now: its split rule is read back
+    test_images = manifest(reg, third["version"])["lineage"]["decision"]["test_images"]
+    assert test_images["excluded"] == 0 and test_images["used"] > 0 and "seed" in test_images["why"]
