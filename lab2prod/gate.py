@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import f1_score
 
-from lab2prod.dataset import SplitIndex, load_split
+from lab2prod.dataset import SplitIndex
 from lab2prod.files import read_json
 from lab2prod.metrics import classification_metrics
 from lab2prod.onnx_model import onnx_top1
@@ -50,14 +51,31 @@ class Decision:
         return asdict(self)
 
 
-def score(onnx_file: Path, x: torch.Tensor, y_true: np.ndarray, classes: list[str]) -> dict[str, float]:
-    """Accuracy, macro F1 and per-class recall of an ONNX model's top-1 predictions."""
-    m = classification_metrics(y_true, onnx_top1(onnx_file, x), classes)
+def score(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Accuracy, macro F1 and per-class recall of top-1 predictions."""
+    m = classification_metrics(y_true, y_pred, classes)
     return {
         "accuracy": m["accuracy"],
         "f1_macro": m["f1_macro"],
         **{f"recall.{c}": per_class["recall"] for c, per_class in m["per_class"].items()},
     }
+
+
+def f1_gain_interval(
+    y_true: np.ndarray, new: np.ndarray, old: np.ndarray, n_classes: int, samples: int, seed: int = 0
+) -> tuple[float, float]:
+    """95 % paired-bootstrap interval of the macro-F1 gain (new - old), in percentage points: both
+    models' predictions resampled together, image by image."""
+    rng = np.random.default_rng(seed)
+    labels = list(range(n_classes))
+    gains = []
+    for _ in range(samples):
+        i = rng.integers(0, len(y_true), len(y_true))
+        a = f1_score(y_true[i], new[i], labels=labels, average="macro", zero_division=0)
+        b = f1_score(y_true[i], old[i], labels=labels, average="macro", zero_division=0)
+        gains.append(100 * (a - b))
+    lo, hi = np.percentile(gains, [2.5, 97.5])
+    return round(float(lo), 4), round(float(hi), 4)
 
 
 def export_problem(export_metrics: Path, onnx_name: str) -> str | None:
@@ -101,15 +119,16 @@ def decide(
     `checks_failed` (from `export_problem`) rejects the challenger whatever its scores;
     `champion_rule` is the split rule of the champion's data (its registered meta.json).
     """
-    x, y = load_split(prepared, "test")
-    keep, why = unseen_by(
-        champion_rule if champion_onnx is not None else None, SplitIndex.read(prepared, "test").sha256
-    )
+    index = SplitIndex.read(prepared, "test")
+    x, y = torch.from_numpy(index.images(range(len(index)))), index.labels
+    index.close()
+    keep, why = unseen_by(champion_rule if champion_onnx is not None else None, index.sha256)
     if champion_onnx is None:
         why = "no champion: every test image used"
     used = {"used": int(keep.sum()), "excluded": int((~keep).sum()), "why": why}
-    x, y_true = x[torch.from_numpy(keep)], y.numpy()[keep]
-    new = score(challenger_onnx, x, y_true, classes) if len(y_true) else {}
+    x, y_true = x[torch.from_numpy(keep)], y[keep]
+    new_pred = onnx_top1(challenger_onnx, x) if len(y_true) else y_true
+    new = score(y_true, new_pred, classes) if len(y_true) else {}
     if checks_failed:
         return Decision(False, f"compression/export checks: {checks_failed}", {}, {"challenger": new}, used)
     if champion_onnx is None:
@@ -120,8 +139,11 @@ def decide(
             f"{cfg.min_test_images}; {used['excluded']} {why}): too few to decide, champion kept"
         )
         return Decision(False, reason, {}, {"challenger": new}, used)
-    old = score(champion_onnx, x, y_true, classes)
+    old_pred = onnx_top1(champion_onnx, x)
+    old = score(y_true, old_pred, classes)
     scores = {"challenger": new, "champion": old}
+    lo, hi = f1_gain_interval(y_true, new_pred, old_pred, len(classes), cfg.bootstrap_samples)
+    used["f1_gain_ci95"] = [lo, hi]
     drops = {
         c: round(100 * (old[f"recall.{c}"] - new[f"recall.{c}"]), 4)
         for c in classes
@@ -138,10 +160,15 @@ def decide(
             f"class '{worst[0]}' recall drops {worst[1]:.2f} points > retrain.max_class_recall_drop = "
             f"{cfg.max_class_recall_drop}"
         )
+    if cfg.require_significance and lo <= cfg.min_f1_gain:
+        reasons.append(
+            f"the gain is not significant: its 95 % interval [{lo:+.2f}, {hi:+.2f}] points reaches "
+            f"retrain.min_f1_gain = {cfg.min_f1_gain} (retrain.require_significance)"
+        )
     if reasons:
         return Decision(False, "; ".join(reasons), drops, scores, used)
     reason = (
-        f"{f1s} ({gain:+.2f} points) on {len(y_true)} test images neither model trained on, "
-        "no class recall drop over the limit"
+        f"{f1s} ({gain:+.2f} points, 95 % interval [{lo:+.2f}, {hi:+.2f}]) on {len(y_true)} test images "
+        "neither model trained on, no class recall drop over the limit"
     )
     return Decision(True, reason, drops, scores, used)

@@ -147,6 +147,8 @@ class RetrainConfig(_Section):
     min_f1_gain: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
     max_class_recall_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
     min_test_images: Annotated[int, Field(ge=1)] = 30
+    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    require_significance: bool = False
 
 
 class Params(_Section):

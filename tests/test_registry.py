@@ -209,6 +209,24 @@ def test_gate_scores_both_models_only_on_images_neither_trained_on(tiny_run: dic
     assert not too_few.promote and "too few to decide" in too_few.reason
 
 
+def test_gate_reports_a_bootstrap_interval_and_can_require_significance(
+    tiny_run: dict[str, Path], tmp_path: Path
+) -> None:
+    good, prepared, classes = tiny_run["onnx"], tiny_run["prepared"], [str(i) for i in range(10)]
+    torch.manual_seed(0)
+    untrained = tmp_path / "untrained.onnx"
+    to_onnx(build_network("small_cnn", 1, 10, 8, 0.0, [0.5], [0.25]).eval(), [8, 8, 1], untrained, 18)
+    better = decide(good, untrained, prepared, classes, validate_params({}).retrain)
+    lo, hi = better.test_images["f1_gain_ci95"]
+    assert 0 < lo <= 100 * (better.challenger_f1 - better.champion_f1) <= hi  # a trained model vs chance
+    tie = decide(good, good, prepared, classes, validate_params({}).retrain)
+    assert tie.test_images["f1_gain_ci95"] == [0.0, 0.0] and tie.promote  # the same model: no difference at all
+    strict = validate_params({"retrain": {"require_significance": True}}).retrain
+    refused = decide(good, good, prepared, classes, strict)
+    assert not refused.promote and "not significant" in refused.reason
+    assert decide(good, untrained, prepared, classes, strict).promote  # a real gain passes
+
+
 def test_gate_rejects_a_served_file_that_skipped_exports_checks(tiny_run: dict[str, Path], tmp_path: Path) -> None:
     export_json = tiny_run["export_metrics"]
     assert export_problem(export_json, "model.onnx") is None
