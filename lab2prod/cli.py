@@ -166,6 +166,88 @@ def retrain(set_: SetOpt = None) -> None:
     sys.stdout.write(json.dumps(scheduled_retrain(overrides=overrides or None), indent=2) + "\n")
 
 
+@app.command()
+@stage_entry
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(help="Serve this ONNX file (path or URL) instead of following the registry's champion."),
+    ] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="Registry whose champion to serve (default: retrain.registry_dir).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Server processes (default: serve.workers).")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn's access log).")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Serve the champion over HTTP: `POST /predict`, `POST /feedback`, `/healthz`, `/readyz`, `/metrics`,
+    OpenAPI docs on `/docs`.
+
+    Requests arriving together share one model call (micro-batching). A promotion or rollback in the registry
+    is picked up without a restart, after its sha256 and a smoke prediction check out; a broken file is refused
+    and the previous model keeps serving. A sample of the predictions goes to the prediction log
+    (`serve.log_dir`). Settings: the `serve:` section of params.yaml.
+    """
+    from lab2prod.serving import serve as run_server
+
+    overrides = parse_overrides(set_)
+    raw = yaml.safe_load(Path("params.yaml").read_text()) if Path("params.yaml").exists() else {}
+    params = validate_params(apply_overrides(raw or {}, overrides))
+    flags = {"host": host, "port": port, "workers": workers}
+    cfg = params.serve.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    if model is None and params.serve.model != "champion":
+        model = params.serve.model
+    where = None if model else registry_location(registry)
+    log.info(
+        "serve: %s on http://%s:%d (%d worker(s))", model or f"champion of {where}", cfg.host, cfg.port, cfg.workers
+    )
+    run_server(cfg, model, where, access_log=access_log)
+
+
+feedback_app = typer.Typer(
+    help="Labelled corrections for the next retraining run.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("add")
+@stage_entry
+def feedback_add(
+    images: Annotated[list[Path], typer.Argument(help="Image files that all show LABEL.")],
+    label: Annotated[str, typer.Option(help="Their true class.")],
+    inbox: Annotated[
+        str | None, typer.Option(help="Feedback inbox (default: serve.feedback_dir, which ingest reads).")
+    ] = None,
+    new_class: Annotated[bool, typer.Option(help="Allow a label the champion does not know (a new class).")] = False,
+) -> None:
+    """Put labelled corrections into the feedback inbox (ingest.extra_sources reads it): each image is checked
+    like ingest checks it and stored as <inbox>/<label>/<sha256>.<ext>; the next retraining run trains on it."""
+    from lab2prod.feedback import add_feedback
+    from lab2prod.images import BadImage
+    from lab2prod.predict import Classifier
+    from lab2prod.registry import champion_model
+
+    params = load_params()
+    inbox = inbox or params.serve.feedback_dir
+    classes = None
+    if not new_class:
+        served = champion_model(registry_location(None))
+        classes = Classifier.load(served).classes if served else None
+    added = 0
+    for image in images:
+        if not image.is_file():
+            raise DataError(f"{image}: no such file")
+        try:
+            stored = add_feedback(inbox, image.read_bytes(), label, classes, new_class, params.serve.max_image_pixels)
+        except BadImage as exc:
+            raise DataError(f"{image}: {exc.reason}: {exc.detail}; nothing from it was added") from None
+        added += stored.new
+        log.info("feedback: %s -> %s%s", image, stored.path, "" if stored.new else " (already there)")
+    log.info("feedback: %d new image(s) labelled %r in %s; the next retraining run ingests them", added, label, inbox)
+
+
 POOL = "lab2prod-process"
 
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from lab2prod.dataset import to_model_input
-from lab2prod.onnx_model import session
 from lab2prod.records import VariantResult
+from lab2prod.runtime import session
 from lab2prod.settings import CompressConfig, Int8Config
 from models.networks import count_macs_and_params
 

@@ -17,6 +17,7 @@ import torch
 
 from lab2prod.dataset import to_model_input
 from lab2prod.errors import ParityError
+from lab2prod.runtime import INPUT, OUTPUT, logits, session
 from models.model_file import ModelInfo
 
 # The exporter's optimiser passes log every rewrite at INFO; keep the stages' own lines readable.
@@ -24,13 +25,6 @@ for _noisy in ("onnx_ir", "onnxscript"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 # It also warns that torchvision's detection ops cannot be registered; we use none of them.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-
-INPUT, OUTPUT = "pixels", "logits"
-
-
-def session(model: Path | str | bytes) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with its default settings (as served) for a file path or the file's bytes."""
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), providers=["CPUExecutionProvider"])
 
 
 def to_onnx(net: torch.nn.Module, image_shape: list[int], path: Path, opset: int) -> None:
@@ -51,13 +45,15 @@ def to_onnx(net: torch.nn.Module, image_shape: list[int], path: Path, opset: int
     program.save(str(path))
 
 
-def add_metadata(path: Path, info: ModelInfo, variant: str) -> None:
-    """Classes, input layout, normalisation note, variant and lineage as ONNX metadata_props."""
+def add_metadata(path: Path, info: ModelInfo, variant: str, resize: str = "stretch") -> None:
+    """Classes, input layout, how images are resized (ingest.resize), normalisation note, variant and lineage
+    as ONNX metadata_props: what predict and serve need to decode an image exactly as ingest did."""
     model = onnx.load(str(path))
     props = {
         "classes": json.dumps(info.classes),
         "image_shape_hwc": json.dumps(info.image_shape),
         "input": info.input,
+        "resize": resize,
         "variant": variant,
         **{k: str(v) for k, v in info.lineage.model_dump().items()},
         "producer": "lab2prod",
@@ -66,11 +62,6 @@ def add_metadata(path: Path, info: ModelInfo, variant: str) -> None:
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
-
-
-def logits(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    """The model's logits for float32 NCHW input in [0, 1]."""
-    return sess.run([OUTPUT], {sess.get_inputs()[0].name: x})[0]
 
 
 def onnx_top1(model: Path | ort.InferenceSession, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:

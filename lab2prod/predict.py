@@ -9,6 +9,7 @@ with its reason (empty_file, not_an_image, truncated, corrupt, decompression_bom
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +17,12 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import onnxruntime as ort
-import torch
 from rich.progress import track
 
-from lab2prod.dataset import to_model_input
 from lab2prod.errors import DataError
 from lab2prod.files import atomic_file
 from lab2prod.images import IMAGE_SUFFIXES, BadImage, decode_image
-from lab2prod.onnx_model import logits, session
+from lab2prod.runtime import logits, session
 from lab2prod.settings import IngestConfig
 from lab2prod.storage import is_remote
 
@@ -34,26 +33,52 @@ class Classifier:
     classes: list[str]
     image_shape: tuple[int, int, int]  # H, W, C
     source: str
+    resize: str = "stretch"  # how ingest resized the images the model was trained on
+    sha256: str = ""
+    variant: str = "fp32"
 
     @classmethod
     def load(cls, model: str) -> Classifier:
         """An ONNX file written by lab2prod's export (a path or any fsspec URL)."""
         try:
             with fsspec.open(model, "rb") as fh:
-                sess = session(fh.read())
+                data = fh.read()
         except FileNotFoundError:
             raise DataError(f"model {model}: no such file; run the pipeline or name one with --model") from None
+        return cls.from_bytes(data, model)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> Classifier:
+        """Open an ONNX file's bytes; DataError (naming `source`) if ONNX Runtime or lab2prod cannot use it."""
+        try:
+            sess = session(data)
+        except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable files
+            raise DataError(f"model {source}: ONNX Runtime cannot load it: {str(exc).strip()[:300]}") from None
         meta = sess.get_modelmeta().custom_metadata_map
         if "classes" not in meta or "image_shape_hwc" not in meta:
             raise DataError(
-                f"model {model}: no class names or input size in its metadata; "
+                f"model {source}: no class names or input size in its metadata; "
                 "use an ONNX file written by lab2prod's export stage"
             )
-        return cls(sess, json.loads(meta["classes"]), tuple(json.loads(meta["image_shape_hwc"])), model)
+        return cls(
+            sess,
+            json.loads(meta["classes"]),
+            tuple(json.loads(meta["image_shape_hwc"])),
+            source,
+            resize=meta.get("resize", "stretch"),
+            sha256=hashlib.sha256(data).hexdigest(),
+            variant=meta.get("variant", "fp32"),
+        )
+
+    def decode(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """One image file's bytes as this model's input image, decoded exactly as ingest decodes (BadImage if not)."""
+        h, _, c = self.image_shape
+        return decode_image(data, h, c, max_pixels, self.resize)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for uint8 NHWC images."""
-        z = logits(self.session, to_model_input(torch.from_numpy(images)).numpy())
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        z = logits(self.session, x)
         exp = np.exp(z - z.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
@@ -82,7 +107,6 @@ def classify(
     progress: bool = False,
 ) -> list[dict]:
     """One row per file: its `top` classes with probabilities, or the reason it could not be read."""
-    h, _, c = classifier.image_shape
     rows: list[dict] = []
     batch: list[tuple[int, np.ndarray]] = []
 
@@ -97,7 +121,7 @@ def classify(
         rows.append({"file": f, "predictions": [], "error": ""})
         try:
             with fsspec.open(f, "rb") as fh:
-                batch.append((len(rows) - 1, decode_image(fh.read(), h, c, max_pixels)))
+                batch.append((len(rows) - 1, classifier.decode(fh.read(), max_pixels)))
         except BadImage as exc:
             rows[-1]["error"] = f"{exc.reason}: {exc.detail}"
         if len(batch) == batch_size:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lab2prod.onnx_model import session
+from lab2prod.runtime import session
 
 Runner = Callable[[np.ndarray], object]
 

@@ -151,6 +151,36 @@ class RetrainConfig(_Section):
     require_significance: bool = False
 
 
+class ServeConfig(_Section):
+    model: str = "champion"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65_535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    top_k: Annotated[int, Field(ge=1, le=100)] = 3
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = 32
+    max_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 5.0
+    max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
+    max_body_mb: Annotated[float, Field(gt=0.0, le=4096)] = 16.0
+    max_images: Annotated[int, Field(ge=1, le=10_000)] = 64
+    max_image_pixels: Annotated[int, Field(ge=1024)] = 40_000_000
+    request_timeout_s: Annotated[float, Field(gt=0.0, le=3600)] = 10.0
+    reload_interval_s: Annotated[float, Field(gt=0.0, le=3600)] = 2.0
+    log_dir: str = "logs/predictions"
+    log_sample: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    log_images: bool = False
+    log_file_mb: Annotated[float, Field(gt=0.0, le=4096)] = 16.0
+    log_max_mb: Annotated[float, Field(gt=0.0, le=1_000_000)] = 256.0
+    feedback_dir: str = "data/feedback"
+
+    @model_validator(mode="after")
+    def _log_budget_holds_a_file(self) -> ServeConfig:
+        if self.log_max_mb < self.log_file_mb:
+            raise ValueError(
+                f"log_max_mb = {self.log_max_mb:g} is smaller than one log file (log_file_mb = {self.log_file_mb:g})"
+            )
+        return self
+
+
 class Params(_Section):
     ingest: IngestConfig = IngestConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -159,6 +189,7 @@ class Params(_Section):
     compress: CompressConfig = CompressConfig()
     export: ExportConfig = ExportConfig()
     retrain: RetrainConfig = RetrainConfig()
+    serve: ServeConfig = ServeConfig()
 
     def section_hash(self, *sections: str) -> str:
         """Short content hash of the named sections (all of them if none): lineage of an artifact."""

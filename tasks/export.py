@@ -33,8 +33,9 @@ from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.machine import cpu_features
 from lab2prod.metrics import torch_top1
 from lab2prod.model_card import write_model_card
-from lab2prod.onnx_model import add_metadata, check_parity, onnx_top1, session, to_onnx
+from lab2prod.onnx_model import add_metadata, check_parity, onnx_top1, to_onnx
 from lab2prod.records import CompressReport
+from lab2prod.runtime import session
 from lab2prod.serving_speed import measure, onnx_runner, torch_runner
 from lab2prod.settings import Params, load_params
 from models.model_file import load_model_file
@@ -48,7 +49,7 @@ def export_checked(
     """Export one PyTorch model, check it fully and match it to PyTorch; returns its parity record."""
     cfg = params.export
     to_onnx(net, info.image_shape, path, cfg.opset)
-    add_metadata(path, info, variant)
+    add_metadata(path, info, variant, params.ingest.resize)
     onnx.checker.check_model(str(path), full_check=True)
     sess = session(path)
     diffs = check_parity(net, sess, x_test, cfg.parity_batch_sizes, cfg.atol, label=variant)
@@ -67,7 +68,7 @@ def export_int8(
 ) -> dict[str, Any]:
     """Check the compress stage's INT8 file and require top-1 agreement with the FP32 ONNX file."""
     shutil.copyfile(source, path)
-    add_metadata(path, info, "int8")
+    add_metadata(path, info, "int8", params.ingest.resize)
     onnx.checker.check_model(str(path), full_check=True)
     agreement = float((onnx_top1(fp32_onnx, x_test) == onnx_top1(path, x_test)).mean())
     needed = params.compress.int8.min_top1_agreement
