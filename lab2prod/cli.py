@@ -248,6 +248,29 @@ def feedback_add(
     log.info("feedback: %d new image(s) labelled %r in %s; the next retraining run ingests them", added, label, inbox)
 
 
+@app.command()
+@stage_entry
+def monitor(
+    trigger: Annotated[
+        bool, typer.Option(help="Start the retraining deployment if needed (needs a Prefect server with it deployed).")
+    ] = False,
+) -> None:
+    """Check the served champion for drift (its prediction log vs its test split) and count new feedback.
+
+    Writes reports/drift/drift.json and drift.png and prints the verdict. With --trigger it runs as the
+    `drift-monitor` Prefect flow and starts `scheduled-retrain` when the check asks for it.
+    """
+    from lab2prod import monitoring
+
+    if trigger:
+        from flows.monitor import drift_monitor
+
+        report = drift_monitor()
+    else:
+        report = monitoring.check(load_params(), Path.cwd())
+    sys.stdout.write(monitoring.markdown(report) + "\n")
+
+
 POOL = "lab2prod-process"
 
 
@@ -288,13 +311,15 @@ def prefect_worker(pool: Annotated[str, typer.Option(help="Work pool to take flo
 @prefect_app.command("run")
 @stage_entry
 def prefect_run(
-    deployment: Annotated[str, typer.Argument(help="training-pipeline or scheduled-retrain.")] = "training-pipeline",
+    deployment: Annotated[
+        str, typer.Argument(help="training-pipeline, scheduled-retrain or drift-monitor.")
+    ] = "training-pipeline",
     set_: SetOpt = None,
     watch: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
 ) -> None:
     """Start a run of a deployment on the server (a worker must be running) and follow it."""
-    if deployment not in ("training-pipeline", "scheduled-retrain"):
-        raise ConfigError(f"deployment {deployment!r}: choose training-pipeline or scheduled-retrain")
+    if deployment not in ("training-pipeline", "scheduled-retrain", "drift-monitor"):
+        raise ConfigError(f"deployment {deployment!r}: choose training-pipeline, scheduled-retrain or drift-monitor")
     overrides = parse_overrides(set_)
     cmd = [sys.executable, "-m", "prefect", "deployment", "run", f"{deployment}/{deployment}"]
     cmd += ["-p", f"overrides={json.dumps(overrides)}"] if overrides else []

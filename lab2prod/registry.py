@@ -29,6 +29,7 @@ import fsspec
 from lab2prod.errors import RegistryError
 from lab2prod.files import atomic_dir, read_json, sha256_file, sha256_stream, write_json
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace
+from lab2prod.runtime import variant_file
 from lab2prod.storage import is_remote, resolve
 
 log = logging.getLogger("lab2prod.registry")
@@ -139,8 +140,7 @@ def deployable_name(benchmark_file: Path) -> str:
     """The ONNX file a run would serve: export's deployable default (the fastest variant that passed the
     compression gates), else the FP32 model.onnx."""
     benchmark = read_json(benchmark_file) if benchmark_file.exists() else {}
-    default = benchmark.get("deployable_default", "onnx_fp32")
-    return "model.onnx" if default == "onnx_fp32" else f"model_{default.removeprefix('onnx_')}.onnx"
+    return variant_file(benchmark.get("deployable_default", "onnx_fp32"))
 
 
 def _stage_version(

@@ -20,3 +20,8 @@ def session(model: Path | str | bytes) -> ort.InferenceSession:
 def logits(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     """The model's logits for float32 NCHW input in [0, 1]."""
     return sess.run([OUTPUT], {sess.get_inputs()[0].name: x})[0]
+
+
+def variant_file(runner: str) -> str:
+    """The ONNX file export writes for a benchmark runner: onnx_fp32 -> model.onnx, onnx_int8 -> model_int8.onnx."""
+    return "model.onnx" if runner == "onnx_fp32" else f"model_{runner.removeprefix('onnx_')}.onnx"

@@ -181,6 +181,16 @@ class ServeConfig(_Section):
         return self
 
 
+class MonitorConfig(_Section):
+    window_hours: Annotated[float, Field(gt=0.0, le=24 * 365)] = 24.0
+    min_predictions: Annotated[int, Field(ge=10)] = 200
+    psi_threshold: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+    min_feedback: Annotated[int, Field(ge=1)] = 50
+    cooldown_hours: Annotated[float, Field(ge=0.0, le=24 * 365)] = 6.0
+    retrain_deployment: str = "scheduled-retrain/scheduled-retrain"
+    report_dir: str = "reports/drift"
+
+
 class Params(_Section):
     ingest: IngestConfig = IngestConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -190,6 +200,7 @@ class Params(_Section):
     export: ExportConfig = ExportConfig()
     retrain: RetrainConfig = RetrainConfig()
     serve: ServeConfig = ServeConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def section_hash(self, *sections: str) -> str:
         """Short content hash of the named sections (all of them if none): lineage of an artifact."""

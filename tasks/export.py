@@ -22,9 +22,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
+from lab2prod import drift
 from lab2prod.console import ParamsFile, run_stage
 from lab2prod.dataset import load_split, to_model_input
 from lab2prod.errors import ParityError
@@ -35,7 +37,7 @@ from lab2prod.metrics import torch_top1
 from lab2prod.model_card import write_model_card
 from lab2prod.onnx_model import add_metadata, check_parity, onnx_top1, to_onnx
 from lab2prod.records import CompressReport
-from lab2prod.runtime import session
+from lab2prod.runtime import logits, session, variant_file
 from lab2prod.serving_speed import measure, onnx_runner, torch_runner
 from lab2prod.settings import Params, load_params
 from models.model_file import load_model_file
@@ -77,6 +79,15 @@ def export_int8(
             f"int8: top-1 agreement with FP32 {agreement:.4f} < compress.int8.min_top1_agreement = {needed}"
         )
     return {"file": path.name, "test_top1_agreement_with_fp32": agreement, "onnx_bytes": path.stat().st_size}
+
+
+def drift_reference(onnx_file: Path, x_test: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """What the served model (the deployable default) sees and answers on its test split: the baseline the
+    drift monitor compares served traffic with (lab2prod/drift.py). Travels into every registry version."""
+    sess = session(onnx_file)
+    z = np.concatenate([logits(sess, to_model_input(x_test[i : i + 512]).numpy()) for i in range(0, len(x_test), 512)])
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    return drift.reference(x_test.numpy(), probs / probs.sum(axis=1, keepdims=True), classes)
 
 
 def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
@@ -127,6 +138,7 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
         onnx_names = [n for n in benchmark["variants"] if n.startswith("onnx_")]
         default = min(onnx_names, key=lambda n: benchmark["variants"][n]["batch1_p50_ms"])
         benchmark["deployable_default"] = default
+        write_json(tmp / drift.REFERENCE_FILE, drift_reference(tmp / variant_file(default), x_test, info.classes))
         benchmark["rejected"] = compress.rejected if compress else {}
         write_model_card(tmp / "model_card.md", info, params, evaluate, benchmark, read_json(ws.prepared / "meta.json"))
 
