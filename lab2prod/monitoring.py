@@ -135,8 +135,8 @@ def markdown(report: dict[str, Any]) -> str:
     if d.get("features"):
         lines += ["| feature | PSI | KS | p-value |", "|---|---|---|---|"]
         for name, f in d["features"].items():
-            ks, p = f.get("ks", float("nan")), f.get("ks_pvalue", float("nan"))
-            lines.append(f"| {name} | {f['psi']:.3f} | {ks:.3f} | {p:.2g} |")
+            ks = f"{f['ks']:.3f} | {f['ks_pvalue']:.2g}" if "ks" in f else "- | -"
+            lines.append(f"| {name} | {f['psi']:.3f} | {ks} |")
     lines += [
         "",
         f"New labelled corrections: {report['feedback']['new']} (retrain at {report['feedback']['min_feedback']})",

@@ -37,6 +37,9 @@ TINY = {
         "distill": {"epochs": 1, "student_width": 4},
     },
     "export": {"benchmark_calls": 20, "benchmark_batch": 8, "benchmark_batch_calls": 5},
+    # The sandbox deployments include the hourly drift monitor: feedback added by a test must not make it
+    # start a retraining run of its own in the middle of that test (tests/test_monitor.py sets its own).
+    "monitor": {"min_feedback": 1_000_000},
 }
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -335,3 +336,43 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     sh(repo, "python", "-m", "lab2prod.cli", "registry", "rollback", env=env)
     assert registry_state(repo)[1] == champion_before
     assert Path(champion_model(registry)).read_bytes() == served_before
+
+
+def test_drift_in_served_traffic_starts_a_retraining_run(
+    prefect_env: dict[str, str], tiny_run: dict, tmp_path: Path
+) -> None:
+    """The drift-monitor flow on a real server: in-distribution traffic starts nothing; inverted digits raise
+    the drift flag and start a run of the scheduled-retrain deployment (left queued: no worker here)."""
+    from lab2prod.dataset import load_split
+    from tests.test_monitor import champion_registry, log_traffic
+
+    repo = make_project(tmp_path / "project")
+    env = project_env(repo, **prefect_env)
+    sh(repo, "python", "-m", "flows.deploy", env=env)
+    classifier = champion_registry(tiny_run, repo / "registry")
+    x_val = load_split(tiny_run["prepared"], "val")[0].numpy()
+    write_params(repo, {"monitor": {"min_predictions": 100}})
+
+    def monitor() -> dict:
+        out = sh(repo, "python", "-m", "flows.monitor", env=env).stdout
+        return json.loads(out[out.index("{") :])
+
+    log_traffic(classifier, x_val, repo / "logs/predictions")
+    calm = monitor()
+    assert calm["drift"]["enough"] and not calm["drift"]["drift"] and "flow_run" not in calm["retrain"]
+
+    shutil.rmtree(repo / "logs/predictions")
+    log_traffic(classifier, 255 - x_val, repo / "logs/predictions")
+    report = monitor()
+    assert report["drift"]["drift"] and report["retrain"]["needed"], report["drift"]
+    run_id = report["retrain"]["flow_run"]
+    try:
+        run = json.loads(sh(repo, "prefect", "flow-run", "inspect", run_id, "--output", "json", env=env).stdout)
+        deployment = sh(repo, "prefect", "deployment", "inspect", RETRAIN, env=env).stdout
+        assert run["deployment_id"] in deployment and "triggered-by-monitor" in run["tags"]
+        assert run["state"]["type"] in ("SCHEDULED", "PENDING")
+        assert json.loads((repo / "reports/drift/state.json").read_text())["flow_run"] == run_id
+        artifact = "".join(sh(repo, "prefect", "artifact", "inspect", "lab2prod-drift", env=env).stdout.split())
+        assert "**DRIFT**" in artifact and "Retraining:**started**" in artifact, artifact
+    finally:  # a later test's worker must not pick up this run
+        sh(repo, "prefect", "flow-run", "delete", run_id, env=env, check=False)
