@@ -214,6 +214,24 @@ def promotion_check(r: dict[str, Any], promoted: list[tuple[float, str]], settle
     }
 
 
+def model_only(onnx_file: Path, size: int, channels: int, batch: int) -> dict[str, float]:
+    """ONNX Runtime alone, no HTTP: ms per image at batch 1 and at `batch` (what batching can save at most)."""
+    from lab2prod.runtime import session
+
+    sess = session(onnx_file)
+    out = {}
+    for bs in (1, batch):
+        x = np.random.default_rng(0).random((bs, channels, size, size), dtype=np.float32)
+        for _ in range(20):
+            sess.run(None, {"pixels": x})
+        calls = max(50, 4000 // bs)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            sess.run(None, {"pixels": x})
+        out[f"ms_per_image_batch{bs}"] = round((time.perf_counter() - t0) / calls / bs * 1000, 4)
+    return out
+
+
 def main(
     clients: Annotated[str, typer.Option(help="Concurrent client counts, comma-separated.")] = "1,8,32",
     seconds: Annotated[float, typer.Option(help="Seconds of load per level.")] = 6.0,
@@ -235,8 +253,15 @@ def main(
         import onnx
 
         meta = {p.key: p.value for p in onnx.load(str(WORKSPACE.exported / "model.onnx")).metadata_props}
-        size = json.loads(meta["image_shape_hwc"])[0]
+        size, _, channels = json.loads(meta["image_shape_hwc"])
         images = digit_pngs(256, size)
+        served = registry / "versions" / "v0001" / json.loads((registry / "champion.json").read_text())["onnx"]
+        alone = model_only(served, size, channels, max_batch)
+        print(
+            f"model alone ({served.name}): {alone['ms_per_image_batch1']:.4f} ms/image at batch 1, "
+            f"{alone[f'ms_per_image_batch{max_batch}']:.4f} at batch {max_batch}",
+            flush=True,
+        )
         common = {"log_dir": str(work / "logs"), "reload_interval_s": 0.5}
         rows = []
         for mode, settings in (
@@ -284,6 +309,7 @@ def main(
         "cpu_count": os.cpu_count(),
         "model": meta.get("variant", "fp32") + f" {size}px",
         "seconds_per_level": seconds,
+        "model_alone": alone,
         "levels": rows,
         "batched_over_one_at_max_clients": round(ratio, 2),
         "promotion_under_load": promotion,

@@ -5,7 +5,8 @@ One line per logged image:
      "fingerprint" (sha256 of the file's bytes, 16 hex), "mean", "std" (pixel statistics of the decoded
      image in [0, 1]), "height", "width" (the decoded input), "image" (kept file, when serve.log_images)}
 
-Files are `predictions-<UTC time>-<pid>.jsonl` under `serve.log_dir` (each server process writes its own);
+Files are `predictions-<UTC time>-<host>-<pid>.jsonl` under `serve.log_dir`, a local directory (each server
+process writes its own, so replicas can share one mounted volume);
 a file is closed at `serve.log_file_mb` and the oldest files (and kept images) are deleted to hold the whole
 log under `serve.log_max_mb`. `read_log` reads them back for the drift monitor.
 """
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,7 +112,7 @@ class PredictionLog:
                     tmp.replace(target)
                     self._images_bytes += len(data)
             if self._file is None or self._size + self._images_bytes + len(blob) > self.file_bytes:
-                self._file = self.folder / f"{PREFIX}{_stamp()}-{os.getpid()}{SUFFIX}"
+                self._file = self.folder / f"{PREFIX}{_stamp()}-{socket.gethostname()}-{os.getpid()}{SUFFIX}"
                 self._size = self._images_bytes = 0
                 self._enforce_budget(len(blob))
             with self._file.open("ab") as fh:

@@ -48,12 +48,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lab2prod.errors import DataError
+from lab2prod.errors import ConfigError, DataError
 from lab2prod.feedback import EXTENSIONS, add_feedback
 from lab2prod.images import BadImage
 from lab2prod.predict import Classifier
 from lab2prod.prediction_log import PredictionLog
 from lab2prod.settings import ServeConfig
+from lab2prod.storage import is_remote
 
 log = logging.getLogger("lab2prod.serve")
 
@@ -732,6 +733,11 @@ def serve(
     which finish the requests in flight first)."""
     import uvicorn
 
+    if is_remote(cfg.log_dir):
+        raise ConfigError(
+            f"serve.log_dir = {cfg.log_dir!r}: the prediction log is appended to local files; use a local "
+            "directory (replicas can share a mounted volume)"
+        )
     os.environ[CONFIG_ENV] = json.dumps({"config": cfg.model_dump(mode="json"), "model": model, "registry": registry})
     uvicorn.run(
         "lab2prod.serving:app_from_environment",
