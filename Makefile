@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands in dvc.yaml say `python -m tasks.<stage>`: make them find the venv's python.
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup pipeline test test-fast lint format bench clean prefect-server prefect-deploy prefect-worker prefect-run
+.PHONY: help setup pipeline serve test test-fast lint format bench clean prefect-server prefect-deploy prefect-worker prefect-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,6 +23,9 @@ setup: $(STAMP)  ## create .venv with everything the project needs
 
 pipeline: $(STAMP)  ## run the whole DAG on the default data (`lab2prod run` = dvc repro)
 	$(RUN) $(BIN)/lab2prod run
+
+serve: $(STAMP)  ## serve the registry's champion on http://127.0.0.1:8000 (`lab2prod serve`)
+	$(RUN) $(BIN)/lab2prod serve
 
 test: lint  ## lint, then the full test suite (unit, data, model, layout, real DVC and Prefect)
 	$(RUN) $(BIN)/pytest
