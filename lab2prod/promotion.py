@@ -17,7 +17,15 @@ from lab2prod.files import read_json
 from lab2prod.gate import decide, export_problem
 from lab2prod.layout import Workspace
 from lab2prod.lineage import git_commit
-from lab2prod.registry import champion, deployable_name, local_copy, manifest, register, set_champion
+from lab2prod.registry import (
+    ChampionChanged,
+    champion,
+    deployable_name,
+    local_copy,
+    manifest,
+    register,
+    set_champion,
+)
 from lab2prod.settings import load_params
 
 
@@ -56,9 +64,14 @@ def decide_and_register(
     }
     previous = current["version"] if current else None
     version = register(registry, project, lineage, parent=previous)
-    if decision.promote:
-        set_champion(registry, version, decision.reason)
-        log.info("PROMOTED %s: %s", version, decision.reason)
+    promoted, reason = decision.promote, decision.reason
+    if promoted:
+        try:  # compare-and-swap: only if the champion is still the one the challenger was compared with
+            set_champion(registry, version, reason, expect=previous)
+            log.info("PROMOTED %s: %s", version, reason)
+        except ChampionChanged as exc:
+            promoted, reason = False, f"{reason}; but not promoted: {exc}"
+            log.warning("NOT PROMOTED %s: %s", version, reason)
     else:
         log.warning(
             "NOT PROMOTED %s, champion stays %s: %s", version, previous or "none (no champion yet)", decision.reason
@@ -66,8 +79,8 @@ def decide_and_register(
     now = champion(registry)
     return {
         "version": version,
-        "promoted": decision.promote,
-        "reason": decision.reason,
+        "promoted": promoted,
+        "reason": reason,
         "served": served,
         "champion": now["version"] if now else None,
         "previous_champion": previous,

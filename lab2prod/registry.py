@@ -7,32 +7,41 @@ Layout (under `retrain.registry_dir`, default `registry/`):
         model_card.md, *.json       evaluation, compression, export, benchmark metrics
         params.yaml, dvc.lock       the run's settings and content hashes (`dvc pull` restores its data)
         manifest.json               sha256 of every file above, the file to serve, lineage, parent version
-    champion.json                   {"version", "onnx" (the file to serve), "onnx_sha256"}: one atomic rename
-    history.jsonl                   one line per champion change: when, from, to, why
+    claims/v0001                    created exclusively before a version is written: two writers never pick
+                                    the same number (a claim without a manifest is a run that died: skipped)
+    pointers/00000001.json          one record per champion change {"version", "onnx", "onnx_sha256", "from",
+                                    "since", "reason"}, created exclusively: the highest is the champion, so a
+                                    change is a compare-and-swap (whoever creates number n+1 after reading n)
+    champion.json                   a copy of the highest record, for readers that want one file
+    history.jsonl                   one line per champion change: when, from, to, why (a copy of pointers/)
 
 The `lab2prod registry` commands (list, show, promote, rollback) are this module's user interface.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
 from lab2prod.errors import RegistryError
-from lab2prod.files import atomic_dir, read_json, sha256_file, sha256_stream, write_json
+from lab2prod.files import atomic_dir, atomic_file, read_json, sha256_file, sha256_stream, write_json
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.runtime import variant_file
 from lab2prod.storage import is_remote, resolve
 
 log = logging.getLogger("lab2prod.registry")
+_MEMORY_LOCK = threading.Lock()
 
 RUN_FILES = {  # what a version keeps besides the exported files: path in the workspace -> name in the version
     WORKSPACE.model: "model.pt",
@@ -80,13 +89,29 @@ class Store:
         else:
             self.fs.pipe_file(self.path(*parts), (json.dumps(obj, indent=2) + "\n").encode())
 
-    def append_line(self, line: str, *parts: str) -> None:
+    def create(self, data: bytes, *parts: str) -> bool:
+        """Write a new file only if none exists there (atomically: O_EXCL locally, a conditional PUT on object
+        stores whose fsspec backend supports `mode="create"`); False if one already existed."""
         if self.local:
-            with open(self.path(*parts), "a") as fh:
-                fh.write(line + "\n")
-        else:  # objects cannot be appended to: rewrite (one writer at a time: the workspace lock)
-            old = self.fs.cat_file(self.path(*parts)) if self.exists(*parts) else b""
-            self.fs.pipe_file(self.path(*parts), old + (line + "\n").encode())
+            target = Path(self.path(*parts))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
+        # fsspec's in-memory filesystem lives in this process; its create is check-then-write, so a lock
+        # makes it atomic among threads (object stores do it server-side)
+        with _MEMORY_LOCK if "memory" in self.fs.protocol else contextlib.nullcontext():
+            try:
+                self.fs.pipe_file(self.path(*parts), data, mode="create")
+            except FileExistsError:
+                return False
+        return True
 
     def sha256(self, *parts: str) -> str:
         with self.fs.open(self.path(*parts), "rb") as fh:
@@ -114,9 +139,39 @@ def manifest(registry: Path | str, version: str) -> dict[str, Any]:
     return store.read_json("versions", version, "manifest.json")
 
 
+POINTERS = "pointers"
+
+
+def _records(store: Store) -> list[str]:
+    """Names of the champion records, oldest first."""
+    found = store.fs.glob(store.path(POINTERS, "*.json"))
+    return sorted(n for n in (p.rstrip("/").split("/")[-1] for p in found) if n[:-5].isdigit())
+
+
+def _head(store: Store) -> tuple[int, dict[str, Any] | None]:
+    """(number, record) of the current champion; (0, champion.json or None) for a registry from before records."""
+    names = _records(store)
+    if names:
+        return int(names[-1][:-5]), store.read_json(POINTERS, names[-1])
+    return 0, store.read_json("champion.json") if store.exists("champion.json") else None
+
+
 def champion(registry: Path | str) -> dict[str, Any] | None:
+    return _head(Store(registry))[1]
+
+
+def champion_history(registry: Path | str) -> list[dict[str, Any]]:
+    """Every champion change, oldest first."""
     store = Store(registry)
-    return store.read_json("champion.json") if store.exists("champion.json") else None
+    names = _records(store)
+    if not names and store.exists("history.jsonl"):  # a registry from before pointer records
+        return _legacy_history(store)
+    return [store.read_json(POINTERS, n) for n in names]
+
+
+def _legacy_history(store: Store) -> list[dict[str, Any]]:
+    lines = [json.loads(x) for x in store.fs.cat_file(store.path("history.jsonl")).decode().splitlines() if x]
+    return [{"version": h["to"], "from": h.get("from"), "since": h["at"], "reason": h["reason"]} for h in lines]
 
 
 def champion_model(registry: Path | str) -> str | None:
@@ -167,6 +222,16 @@ def _stage_version(
     )
 
 
+def _claim_version(store: Store, registry: Path | str) -> str:
+    """The next free version name, claimed exclusively (concurrent writers get distinct, increasing names)."""
+    claimed = [p.rstrip("/").split("/")[-1] for p in store.fs.glob(store.path("claims", "v*"))]
+    numbers = [int(n[1:]) for n in [*versions(registry), *claimed] if n[1:].isdigit()]
+    n = max(numbers, default=0) + 1
+    while not store.create(json.dumps({"claimed": _now(), "pid": os.getpid()}).encode(), "claims", f"v{n:04d}"):
+        n += 1  # another writer took it first
+    return f"v{n:04d}"
+
+
 def register(registry: Path | str, project: Path, lineage: dict[str, Any], parent: str | None) -> str:
     """Copy the workspace's deployable outputs into a new immutable version; returns its name."""
     ws = Workspace.under(project)
@@ -176,9 +241,8 @@ def register(registry: Path | str, project: Path, lineage: dict[str, Any], paren
     deployable = deployable_name(ws.benchmark)
     if not (export_dir / deployable).exists():
         raise RegistryError(f"{export_dir / deployable} (metrics/benchmark.json's deployable default) is missing")
-    existing = versions(registry)
-    name = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
     store = Store(registry)
+    name = _claim_version(store, registry)
     if store.local:
         with atomic_dir(Path(store.path("versions", name))) as tmp:
             _stage_version(tmp, project, name, parent, deployable, lineage)
@@ -203,26 +267,81 @@ def verify(registry: Path | str, version: str) -> None:
             raise RegistryError(f"{where} does not match its recorded sha256: the version was modified")
 
 
-def set_champion(registry: Path | str, version: str, reason: str) -> dict[str, Any]:
-    """Point the champion at `version` in one atomic step (after verifying its files)."""
+class ChampionChanged(RegistryError):
+    """The champion is not the one a decision was made against (another writer changed it meanwhile)."""
+
+
+ANY = object()  # set_champion's `expect` default: whatever the champion is now
+
+
+def set_champion(registry: Path | str, version: str, reason: str, expect: Any = ANY) -> dict[str, Any]:
+    """Make `version` champion (after verifying its files), as a compare-and-swap.
+
+    `expect` (a version name, or None for "no champion yet") makes it conditional: ChampionChanged if the
+    champion is something else by the time the change is written. Concurrent changes are serialised by
+    the exclusive creation of the next pointer record; the loser re-reads and tries again (or, with
+    `expect`, stops).
+    """
     verify(registry, version)
     store = Store(registry)
-    previous = champion(registry)
     m = manifest(registry, version)
-    pointer = {
-        "version": version,
-        "onnx": m["deployable"],
-        "onnx_sha256": m["files"][m["deployable"]],
-        "since": _now(),
-        "reason": reason,
-    }
-    store.write_json(pointer, "champion.json")
-    store.append_line(
-        json.dumps({"at": pointer["since"], "from": previous and previous["version"], "to": version, "reason": reason}),
-        "history.jsonl",
-    )
+    if not _records(store) and store.exists("history.jsonl"):
+        _migrate(store)
+    for _ in range(100):
+        number, previous = _head(store)
+        before = previous["version"] if previous else None
+        if expect is not ANY and before != expect:
+            raise ChampionChanged(
+                f"the champion is {before or 'none'}, not {expect or 'none'}: another writer changed it; "
+                f"{version} was not promoted"
+            )
+        pointer = {
+            "version": version,
+            "onnx": m["deployable"],
+            "onnx_sha256": m["files"][m["deployable"]],
+            "from": before,
+            "since": _now(),
+            "reason": reason,
+        }
+        if store.create((json.dumps(pointer, indent=2) + "\n").encode(), POINTERS, f"{number + 1:08d}.json"):
+            break
+    else:
+        raise RegistryError(f"{registry}: could not write the champion pointer (100 concurrent changes in a row)")
+    _mirror(store)
     log.info("registry: champion is now %s (%s)", version, reason)
     return pointer
+
+
+def _migrate(store: Store) -> None:
+    """A registry from before pointer records: its history.jsonl becomes records 1..n, the last one holding
+    champion.json (so the champion and the rollback history carry over)."""
+    lines = _legacy_history(store)
+    current = store.read_json("champion.json") if store.exists("champion.json") else None
+    for i, record in enumerate(lines, start=1):
+        if i == len(lines) and current and current["version"] == record["version"]:
+            record = {**current, **record}
+        if not store.create((json.dumps(record, indent=2) + "\n").encode(), POINTERS, f"{i:08d}.json"):
+            return  # another writer is migrating it
+
+
+def _mirror(store: Store) -> None:
+    """champion.json and history.jsonl from the pointer records (re-done if a later change lands meanwhile)."""
+    for _ in range(10):
+        number, head = _head(store)
+        history = [store.read_json(POINTERS, n) for n in _records(store)]
+        lines = "".join(
+            json.dumps({"at": h["since"], "from": h.get("from"), "to": h["version"], "reason": h["reason"]}) + "\n"
+            for h in history
+        )
+        if store.local:
+            write_json(Path(store.path("champion.json")), head)
+            with atomic_file(Path(store.path("history.jsonl"))) as tmp:
+                tmp.write_text(lines)
+        else:
+            store.fs.pipe_file(store.path("champion.json"), (json.dumps(head, indent=2) + "\n").encode())
+            store.fs.pipe_file(store.path("history.jsonl"), lines.encode())
+        if _head(store)[0] == number:
+            return
 
 
 def rollback(registry: Path | str, to: str | None = None) -> dict[str, Any]:
@@ -231,11 +350,7 @@ def rollback(registry: Path | str, to: str | None = None) -> dict[str, Any]:
     if to is None:
         if current is None:
             raise RegistryError("there is no champion to roll back from")
-        store = Store(registry)
-        history = [
-            json.loads(line) for line in store.fs.cat_file(store.path("history.jsonl")).decode().splitlines() if line
-        ]
-        earlier = [h["from"] for h in history if h["to"] == current["version"] and h["from"]]
+        earlier = [h["from"] for h in champion_history(registry) if h["version"] == current["version"] and h["from"]]
         if not earlier:
             raise RegistryError(f"{current['version']} has no earlier champion; name one with --to")
         to = earlier[-1]

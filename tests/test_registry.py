@@ -264,3 +264,77 @@ def test_no_champion_and_a_challenger_that_failed_export_checks_is_registered_no
     third = decide_and_register(project, reg, {}, log)  # against a champion now: its split rule is read back
     test_images = manifest(reg, third["version"])["lineage"]["decision"]["test_images"]
     assert test_images["excluded"] == 0 and test_images["used"] > 0 and "seed" in test_images["why"]
+
+
+def _race(reg: str, project: Path, writers: int, expect: object) -> list[tuple[str, str]]:
+    """`writers` processes (threads for the in-memory store, which lives in one process) that each register
+    a version and promote it at the same moment; returns (version, "promoted" | the ChampionChanged text)."""
+    import multiprocessing
+    import threading
+
+    from lab2prod.registry import ANY, ChampionChanged
+
+    def work(barrier: object, out: object) -> None:
+        barrier.wait()
+        version = register(reg, project, {"note": "race"}, None)
+        try:
+            set_champion(reg, version, "race", **({} if expect is ANY else {"expect": expect}))
+            out.put((version, "promoted"))
+        except ChampionChanged as exc:
+            out.put((version, str(exc)))
+
+    if reg.startswith("memory://"):
+        import queue
+
+        barrier, out = threading.Barrier(writers), queue.Queue()
+        runners = [threading.Thread(target=work, args=(barrier, out)) for _ in range(writers)]
+    else:
+        ctx = multiprocessing.get_context("fork")
+        barrier, out = ctx.Barrier(writers), ctx.Queue()
+        runners = [ctx.Process(target=work, args=(barrier, out)) for _ in range(writers)]
+    for r in runners:
+        r.start()
+    results = [out.get(timeout=120) for _ in runners]
+    for r in runners:
+        r.join(timeout=60)
+    return sorted(results)
+
+
+def test_concurrent_registrations_get_distinct_versions_and_one_champion(project: Path, reg: str) -> None:
+    results = _race(reg, project, 2, expect=None)  # both saw no champion and promote only if that still holds
+    assert [v for v, _ in results] == ["v0001", "v0002"] and versions(reg) == ["v0001", "v0002"]
+    for v, _ in results:
+        verify(reg, v)  # both complete
+    winners = [v for v, outcome in results if outcome == "promoted"]
+    losers = [outcome for _, outcome in results if outcome != "promoted"]
+    assert len(winners) == 1 and champion(reg)["version"] == winners[0]
+    assert "another writer changed it" in losers[0]
+    from lab2prod.registry import champion_history
+
+    history = champion_history(reg)
+    assert [(h["from"], h["version"]) for h in history] == [(None, winners[0])]
+
+
+def test_concurrent_promotions_are_serialised_into_one_consistent_history(project: Path, reg: str) -> None:
+    from lab2prod.registry import ANY, champion_history
+
+    results = _race(reg, project, 4, expect=ANY)  # unconditional promotions: every one lands, one after another
+    assert [v for v, _ in results] == ["v0001", "v0002", "v0003", "v0004"]
+    assert all(outcome == "promoted" for _, outcome in results)
+    history = champion_history(reg)
+    assert sorted(h["version"] for h in history) == ["v0001", "v0002", "v0003", "v0004"]
+    assert [h["from"] for h in history] == [None] + [h["version"] for h in history[:-1]]  # each saw the last one
+    assert champion(reg)["version"] == history[-1]["version"]
+    lines = [json.loads(x) for x in read(f"{reg}/history.jsonl").decode().splitlines()]
+    assert [x["to"] for x in lines] == [h["version"] for h in history]
+
+
+def test_a_registry_from_before_pointer_records_keeps_its_champion_and_history(project: Path, tmp_path: Path) -> None:
+    reg = str(tmp_path / "registry")
+    v1, v2 = register(reg, project, {}, None), register(reg, project, {}, None)
+    set_champion(reg, v1, "first")
+    set_champion(reg, v2, "second")
+    shutil.rmtree(Path(reg) / "pointers")  # what an older lab2prod left: champion.json and history.jsonl only
+    assert champion(reg)["version"] == v2
+    assert rollback(reg)["version"] == v1  # the history carried over
+    assert [json.loads(x)["to"] for x in read(f"{reg}/history.jsonl").decode().splitlines()] == [v1, v2, v1]

@@ -193,8 +193,10 @@ def test_promotions_are_followed_and_a_broken_champion_is_refused(served: dict[s
     assert all(version() == "v0002" for _ in range(5))
     assert 'lab2prod_model_reloads_total{result="refused"} 1.0' in client.get("/metrics").text
     # a pointer whose sha256 does not match the file: refused too
-    pointer = json.loads((registry / "champion.json").read_text())
-    (registry / "champion.json").write_text(json.dumps({**pointer, "version": "v0001", "onnx_sha256": "0" * 64}))
+    records = sorted((registry / "pointers").iterdir())
+    pointer = json.loads(records[-1].read_text())
+    wrong = {**pointer, "version": "v0001", "onnx_sha256": "0" * 64}  # written by hand, not by set_champion
+    (registry / "pointers" / f"{len(records) + 1:08d}.json").write_text(json.dumps(wrong))
     wait_for(lambda: "does not match" in (client.get("/model").json()["problem"] or ""), what="the sha256 refusal")
     assert version() == "v0002"
     set_champion(registry, "v0001", "rollback in test")  # a good pointer again: served
