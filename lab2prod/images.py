@@ -1,5 +1,6 @@
-"""Image decoding, exactly one way for ingest, predict and serving: validated, EXIF-rotated,
-converted to the configured channels and resized to a square."""
+"""Image decoding, exactly one way for ingest, predict and serving: validated, EXIF-rotated, 16-bit grey
+scaled to 8 bits, transparency composited onto white, converted to the configured channels (CMYK, palette
+and the rest through Pillow) and resized to a square."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class BadImage(Exception):
         self.reason, self.detail = reason, detail
 
 
+DECODER_VERSION = 2  # bump when decoding changes what a file decodes to: the ingest cache re-decodes everything
 PASS_THROUGH = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # stored as they are when already the target size
 ENCODINGS = {"png": ("PNG", "png"), "jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
 
@@ -47,6 +49,25 @@ def prepare_image(
     return pixels, out.getvalue(), ext
 
 
+BACKGROUND = (255, 255, 255)  # what transparent pixels become: the white a viewer or a page shows
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey scaled (not clipped) to 8 bits; transparency composited onto white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        top = 65535 if arr.max(initial=0) <= 65535 else int(arr.max())
+        return Image.fromarray(np.rint(np.clip(arr, 0, None) * (255 / top)).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.rint(np.clip(arr * scale, 0, 255)).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    return img
+
+
 def _decode(data: bytes, size: int, channels: int, max_pixels: int, resize: str) -> tuple[np.ndarray, str, bool]:
     if not data:
         raise BadImage("empty_file", "the file has zero bytes")
@@ -71,7 +92,7 @@ def _decode(data: bytes, size: int, channels: int, max_pixels: int, resize: str)
         raise BadImage(reason, str(exc)) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
-    img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
+    img = _to_8bit(ImageOps.exif_transpose(img)).convert("L" if channels == 1 else "RGB")
     resized = drafted or img.size != (size, size)
     if resized and resize == "crop":  # shorter side to `size`, then the centre square: no distortion
         img = ImageOps.fit(img, (size, size), Image.Resampling.BILINEAR)

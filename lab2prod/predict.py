@@ -3,7 +3,8 @@
 
 The ONNX file carries what prediction needs (class names, input size and channels as metadata), and
 images are decoded and resized exactly as `ingest` does. A file that is not a usable image gets a row
-with its reason (empty_file, not_an_image, truncated, corrupt, decompression_bomb), never a silent skip.
+with its reason (empty_file, not_an_image, truncated, corrupt, decompression_bomb, unreadable), never a silent
+skip.
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ def classify(
                 batch.append((len(rows) - 1, classifier.decode(fh.read(), max_pixels)))
         except BadImage as exc:
             rows[-1]["error"] = f"{exc.reason}: {exc.detail}"
+        except OSError as exc:  # a dangling symlink, a permission, a remote read that failed
+            rows[-1]["error"] = f"unreadable: {type(exc).__name__}: {exc}"
         if len(batch) == batch_size:
             flush()
     if batch:

@@ -25,7 +25,7 @@ from PIL import Image
 from rich.progress import Progress
 
 from lab2prod.errors import DataError
-from lab2prod.images import IMAGE_SUFFIXES, BadImage, prepare_image
+from lab2prod.images import DECODER_VERSION, IMAGE_SUFFIXES, BadImage, prepare_image
 from lab2prod.ingest_cache import IngestCache, Outcome, cache_key
 from lab2prod.settings import IngestConfig
 
@@ -65,7 +65,16 @@ class SourceFile:
 def settings_key(cfg: IngestConfig) -> str:
     """The settings an outcome depends on: change one and every file is decoded again."""
     return "|".join(
-        str(v) for v in (cfg.image_size, cfg.channels, cfg.resize, cfg.encoding, cfg.quality, cfg.max_image_pixels)
+        str(v)
+        for v in (
+            cfg.image_size,
+            cfg.channels,
+            cfg.resize,
+            cfg.encoding,
+            cfg.quality,
+            cfg.max_image_pixels,
+            f"decoder{DECODER_VERSION}",
+        )
     )
 
 
@@ -101,11 +110,27 @@ def list_folder(
     names = [d.rstrip("/").rsplit("/", 1)[-1] for d in class_dirs]
     for d, name in zip(class_dirs, names, strict=True):
         for path, info in sorted(fs.find(d, detail=True).items()):
-            if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
+            link = _link_problem(fs, path, info)
+            if link:
+                rejected.append(Rejected(path, name, *link))
+            elif Path(path).suffix.lower() not in IMAGE_SUFFIXES:
                 rejected.append(Rejected(path, name, "not_an_image_extension", f"suffix {Path(path).suffix!r}"))
             else:
                 files.append(SourceFile(path, name, cache_key(skey, fs.unstrip_protocol(path), _identity(info))))
     return names, files, rejected
+
+
+def _link_problem(fs: fsspec.AbstractFileSystem, path: str, info: dict) -> tuple[str, str] | None:
+    """(reason, detail) for a local symlink that cannot be followed: dangling, or to a folder (never followed
+    inside a class folder: it may loop back or show the same files twice)."""
+    if not info.get("islink") or fs.protocol not in ("file", "local", ("file", "local")):
+        return None
+    target = os.readlink(path)
+    if not os.path.exists(path):
+        return "broken_symlink", f"points to {target}, which does not exist"
+    if os.path.isdir(path):
+        return "symlinked_folder", f"points to the folder {target}: not followed (link or copy the files instead)"
+    return None
 
 
 def _outcome(key: str, data: bytes | Exception, cfg: IngestConfig) -> Outcome:
@@ -147,11 +172,23 @@ def decode_new(cfg: IngestConfig, source: str, files: list[SourceFile], cache: I
     batches = [[(f.path, f.key) for f in new[i : i + FILES_PER_TASK]] for i in range(0, len(new), FILES_PER_TASK)]
     workers = _workers(cfg, len(new))
     log.info("ingest: decoding %d new file(s) from %s with %d process(es)", len(new), source, workers)
+    unreadable: list[tuple[str, str]] = []
+    where = {f.key: f.path for f in new}
     with Progress(transient=True) as progress:
         task = progress.add_task("ingest: decoding images", total=len(new))
         for outcomes in _run(workers, source, batches, cfg):
-            cache.put(outcomes)
+            # a file that could not be read (I/O error, a bucket failing halfway) is not a verdict on the file:
+            # it is not cached, and the ingest stops below naming it; what was decoded stays cached
+            cache.put([o for o in outcomes if o.reason != "unreadable"])
+            unreadable += [(where[o.key], o.detail) for o in outcomes if o.reason == "unreadable"]
             progress.advance(task, len(outcomes))
+    if unreadable:
+        examples = "; ".join(f"{p}: {why}" for p, why in unreadable[:3])
+        raise DataError(
+            f"could not read {len(unreadable)} of {len(new)} new file(s) from {source} ({examples}). The "
+            f"{len(new) - len(unreadable)} read were decoded and cached: run ingest again once the source "
+            "answers (only the rest is read), or remove those files"
+        )
     return len(new)
 
 

@@ -41,14 +41,26 @@ def drop_duplicates(candidates: list[Candidate]) -> tuple[list[Candidate], list[
     return keep, rejected
 
 
-def check_class_sizes(candidates: list[Candidate], classes: list[str], minimum: int) -> None:
+def check_class_sizes(
+    candidates: list[Candidate], classes: list[str], minimum: int, rejected: list[Rejected] | None = None
+) -> None:
+    """DataError naming every class with fewer than `minimum` usable images, and why its other files were
+    set aside (the quarantine report is not written when ingest stops here, so the message carries it)."""
     counts = Counter(c.class_name for c in candidates)
     small = {name: counts.get(name, 0) for name in classes if counts.get(name, 0) < minimum}
     if small:
-        listed = ", ".join(f"'{c}' has {n}" for c, n in small.items())
+        why: dict[str, Counter] = {}
+        for r in rejected or []:
+            why.setdefault(r.label, Counter())[r.reason] += 1
+
+        def one(name: str, n: int) -> str:
+            aside = ", ".join(f"{k} {reason}" for reason, k in sorted(why.get(name, Counter()).items()))
+            return f"'{name}' has {n}" + (f" (set aside: {aside})" if aside else "")
+
         raise DataError(
-            f"too few usable images to split ({listed}; ingest.min_images_per_class = {minimum}). "
-            "Add images to those classes, remove their folders, or see the quarantine report."
+            f"too few usable images to split ({', '.join(one(c, n) for c, n in small.items())}; "
+            f"ingest.min_images_per_class = {minimum}). Add images to those classes or remove their folders; "
+            "the previous prepared data is unchanged."
         )
 
 

@@ -109,7 +109,7 @@ def ingest(cfg: IngestConfig, out_dir: Path = WORKSPACE.prepared, cache_path: Pa
             classes, candidates, rejected, stats = _gather(cfg, cache, quarantine)
             candidates, duplicates = drop_duplicates(candidates)
             rejected += duplicates
-            check_class_sizes(candidates, classes, cfg.min_images_per_class)
+            check_class_sizes(candidates, classes, cfg.min_images_per_class, rejected)
             splits = hash_split(candidates, cfg)
             warnings = check_splits(splits, classes)
             label = {name: i for i, name in enumerate(classes)}

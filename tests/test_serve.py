@@ -317,3 +317,28 @@ def test_prediction_log_rotates_and_stays_under_its_budget(tmp_path: Path) -> No
     logged = sum(sampled.record("v1", "ab", [str(i) for i in range(10)], probs, images, ["f"] * 4) for _ in range(100))
     assert 60 <= logged <= 140  # a quarter of 400
     shutil.rmtree(tmp_path / "sampled")
+
+
+def _odd_images() -> dict[str, bytes]:
+    from tests.test_bad_inputs import encoded, picture
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return {
+        "16-bit grey PNG": encoded(Image.fromarray(np.linspace(0, 65535, 1024).reshape(32, 32).astype(np.uint16))),
+        "CMYK JPEG": encoded(Image.fromarray(picture(1)).convert("CMYK"), "JPEG", quality=95),
+        "palette PNG with transparency": encoded(
+            Image.fromarray(picture(2)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8), transparency=0
+        ),
+        "EXIF-rotated JPEG": encoded(Image.fromarray(picture(3)[:, :16]), "JPEG", exif=exif.tobytes()),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_odd_images()))
+def test_unusual_but_valid_images_are_classified(served: dict[str, Any], kind: str) -> None:
+    data = _odd_images()[kind]
+    r = served["client"].post("/predict", content=data)
+    assert r.status_code == 200, r.text
+    classifier = Classifier.load(str(served["onnx"]))
+    expected = classifier.predict(classifier.decode(data, 40_000_000)[None])[0]
+    assert r.json()["predictions"][0]["top"][0]["class"] == classifier.classes[int(expected.argmax())]
