@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -71,6 +72,13 @@ class Store:
         self.local = not is_remote(location)
 
     def path(self, *parts: str) -> str:
+        """A path inside the registry; RegistryError for a part that could lead outside it (a version or file
+        name taken from a command line or a tampered pointer: '..', '/', empty)."""
+        for part in parts:
+            if not part or part in (".", "..") or any(ch in part for ch in "/\\\0"):
+                raise RegistryError(
+                    f"{part!r} is not a name inside the registry {self.root}: refusing to read or write outside it"
+                )
         return "/".join([self.root.rstrip("/"), *parts])
 
     def url(self, *parts: str) -> str:
@@ -132,7 +140,12 @@ def versions(registry: Path | str) -> list[str]:
     return sorted(p.rstrip("/").split("/")[-2] for p in store.fs.glob(store.path("versions", "*", "manifest.json")))
 
 
+VERSION_NAME = re.compile(r"v\d{4,}")
+
+
 def manifest(registry: Path | str, version: str) -> dict[str, Any]:
+    if not VERSION_NAME.fullmatch(version):
+        raise RegistryError(f"{version!r} is not a version name (v0001, v0002, ...; `lab2prod registry list`)")
     store = Store(registry)
     if not store.exists("versions", version, "manifest.json"):
         raise RegistryError(f"no version {version!r} in {registry} (known: {', '.join(versions(registry)) or 'none'})")

@@ -9,6 +9,7 @@ rebuilds the network, with the channel counts of a structurally pruned network r
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -89,7 +90,11 @@ def fit_shapes_to(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mod
 
 def load_model_file(path: Path | str) -> tuple[nn.Sequential, ModelInfo]:
     """Rebuild the network from a model file (safe: weights_only=True). Returns (net in eval mode, info)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # pickled code, not tensors and plain data: never run
+        first = str(exc).strip().splitlines()[0][:200]
+        raise DataError(f"{path}: refused: it holds pickled objects, not weights only ({first})") from None
     try:
         info = ModelInfo.model_validate({**payload["info"], "spec": payload["spec"]})
     except (KeyError, TypeError, ValidationError) as exc:

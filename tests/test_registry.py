@@ -338,3 +338,44 @@ def test_a_registry_from_before_pointer_records_keeps_its_champion_and_history(p
     assert champion(reg)["version"] == v2
     assert rollback(reg)["version"] == v1  # the history carried over
     assert [json.loads(x)["to"] for x in read(f"{reg}/history.jsonl").decode().splitlines()] == [v1, v2, v1]
+
+
+def test_names_from_a_command_line_or_a_tampered_pointer_cannot_lead_outside_the_registry(
+    project: Path, tmp_path: Path
+) -> None:
+    reg = tmp_path / "registry"
+    v1 = register(reg, project, {}, None)
+    set_champion(reg, v1, "first")
+    for bad in ("../v0001", "v0001/../../x", "..", "latest"):
+        with pytest.raises(RegistryError, match="not a version name"):
+            manifest(reg, bad)
+        with pytest.raises(RegistryError):
+            set_champion(reg, bad, "by hand")
+    with pytest.raises(RegistryError):
+        rollback(reg, to="../../etc")
+    records = sorted((reg / "pointers").iterdir())
+    tampered = {**json.loads(records[-1].read_text()), "onnx": "../../../../etc/passwd"}
+    (reg / "pointers" / f"{len(records) + 1:08d}.json").write_text(json.dumps(tampered))
+    with pytest.raises(RegistryError, match="refusing to read or write outside it"):
+        champion_model(reg)
+
+
+class _Payload:
+    """An object whose unpickling would run code (here: create a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_model_file_with_pickled_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    from lab2prod.errors import DataError
+    from models.model_file import load_model_file
+
+    marker = tmp_path / "code-ran"
+    torch.save({"format": "lab2prod-model/1", "state_dict": {}, "evil": _Payload(marker)}, tmp_path / "model.pt")
+    with pytest.raises(DataError, match="refused: it holds pickled objects"):
+        load_model_file(tmp_path / "model.pt")
+    assert not marker.exists()
