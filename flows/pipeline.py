@@ -66,11 +66,20 @@ def run_dvc(project: Path, *args: str, log_prefix: str = "") -> tuple[int, list[
     )
     lines: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            lines.append(line)
-            logger.info("%s%s", log_prefix, line)
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                lines.append(line)
+                logger.info("%s%s", log_prefix, line)
+    except BaseException:  # cancelled (SIGTERM) or interrupted: DVC must be gone before anything restores files
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     return proc.wait(), lines
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import TerminationSignal
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from flows.pipeline import PROJECT_DIR, has_remote, reproduce_stage, run_dvc, training_pipeline, workspace_lock
@@ -177,32 +178,54 @@ def scheduled_retrain(
     params = load_params(project / "params.yaml")
     registry = location(project, params.retrain.registry_dir)
 
-    with workspace_lock(project, lock_timeout_s), transaction() as txn:
-        snapshot_workspace(project)
-        current = champion(registry)
-        # Sources live outside DVC's view (folders, buckets): ingest always re-runs; on the same
-        # content its outputs are byte-identical and DVC skips everything downstream anyway.
-        reproduce_stage(project, "ingest", remote_source=is_remote(params.ingest.source), force=True)
-        dataset_hash = read_json(Workspace.under(project).prepared / "meta.json")["dataset_hash"]
-        seen = {manifest(registry, v)["lineage"].get("dataset_hash") for v in versions(registry)}
-        if current and dataset_hash in seen and not overrides:
-            message = (
-                f"No new data: dataset {dataset_hash[:12]} was already trained on (champion "
-                f"{current['version']}). Nothing trained, champion unchanged."
-            )
-            logger.info(message)
-            create_markdown_artifact(
-                key="lab2prod-retrain-decision",
-                markdown=f"## No new data\n\n{message}",
-                description="Retraining decision",
-            )
-            _put_back(txn)
-            return {"decision": "no new data", "champion": current["version"]}
+    champion_at_start = champion(registry)
+    try:
+        with workspace_lock(project, lock_timeout_s), transaction() as txn:
+            snapshot_workspace(project)
+            current = champion(registry)
+            # Sources live outside DVC's view (folders, buckets): ingest always re-runs; on the same
+            # content its outputs are byte-identical and DVC skips everything downstream anyway.
+            reproduce_stage(project, "ingest", remote_source=is_remote(params.ingest.source), force=True)
+            dataset_hash = read_json(Workspace.under(project).prepared / "meta.json")["dataset_hash"]
+            seen = {manifest(registry, v)["lineage"].get("dataset_hash") for v in versions(registry)}
+            if current and dataset_hash in seen and not overrides:
+                message = (
+                    f"No new data: dataset {dataset_hash[:12]} was already trained on (champion "
+                    f"{current['version']}). Nothing trained, champion unchanged."
+                )
+                logger.info(message)
+                create_markdown_artifact(
+                    key="lab2prod-retrain-decision",
+                    markdown=f"## No new data\n\n{message}",
+                    description="Retraining decision",
+                )
+                _put_back(txn)
+                return {"decision": "no new data", "champion": current["version"]}
 
-        training_pipeline(overrides=overrides, project_dir=str(project), lock_timeout_s=lock_timeout_s)
-        result = gate_and_register(project, registry, dict(overrides or {}))
-        if not result["promoted"]:
-            _put_back(txn)
+            training_pipeline(overrides=overrides, project_dir=str(project), lock_timeout_s=lock_timeout_s)
+            result = gate_and_register(project, registry, dict(overrides or {}))
+            if not result["promoted"]:
+                _put_back(txn)
+    except TerminationSignal:  # cancelled (from the UI or `prefect flow-run cancel`): the transaction rolled back
+        restored = not (project / SNAPSHOT).exists()
+        workspace = (
+            "The workspace was put back as the run found it (params.yaml, dvc.lock, outputs)."
+            if restored
+            else f"The workspace could not be fully restored: see the log; its copy is in {SNAPSHOT}."
+        )
+        now = champion(registry)
+        verdict = (
+            "Nothing was promoted: the champion is unchanged."
+            if now == champion_at_start
+            else f"The cancel came after {now and now['version']} was promoted; it stays champion "
+            "(`lab2prod registry rollback` undoes it)."
+        )
+        create_markdown_artifact(
+            key="lab2prod-retrain-decision",
+            markdown=f"## Retraining cancelled\n\nThe run was cancelled before it finished. {verdict} {workspace}",
+            description="Retraining decision",
+        )
+        raise
     create_markdown_artifact(
         key="lab2prod-retrain-decision", markdown=_decision_report(result), description="Retraining decision"
     )

@@ -238,8 +238,7 @@ def workspace_state(repo: Path) -> dict[str, bytes]:
     return {f: (repo / f).read_bytes() for f in files}
 
 
-def kill_when_training(repo: Path, run_id: str, timeout: float = 300) -> None:
-    """SIGKILL every process of a flow run (the flow, DVC, the stage) once training has written a checkpoint."""
+def _flow_run_processes(run_id: str) -> list:
     import psutil
 
     def environ(proc: psutil.Process) -> dict[str, str]:
@@ -248,18 +247,37 @@ def kill_when_training(repo: Path, run_id: str, timeout: float = 300) -> None:
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             return {}
 
+    return [p for p in psutil.process_iter(["cmdline"]) if environ(p).get("PREFECT__FLOW_RUN_ID") == run_id]
+
+
+def wait_until_training(repo: Path, run_id: str, timeout: float = 300) -> list:
+    """The flow run's processes, once its training stage has written a checkpoint."""
     checkpoint = repo / "artifacts/train/checkpoints/last.ckpt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        procs = [p for p in psutil.process_iter(["cmdline"]) if environ(p).get("PREFECT__FLOW_RUN_ID") == run_id]
+        procs = _flow_run_processes(run_id)
         training = [p for p in procs if "tasks.train" in (p.info["cmdline"] or [])]
         if training and checkpoint.exists() and checkpoint.stat().st_mtime > training[0].create_time():
-            for proc in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
-            return
+            return procs
         time.sleep(0.2)
     raise AssertionError(f"flow run {run_id} never reached training with a checkpoint in {timeout} s")
+
+
+def wait_for_exit(run_id: str, timeout: float = 60) -> None:
+    """Until no process of the flow run is left (a cancelled run's processes end after its state changes)."""
+    deadline = time.monotonic() + timeout
+    while _flow_run_processes(run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _flow_run_processes(run_id), f"processes of flow run {run_id} still running after {timeout} s"
+
+
+def kill_when_training(repo: Path, run_id: str, timeout: float = 300) -> None:
+    """SIGKILL every process of a flow run (the flow, DVC, the stage) once training has written a checkpoint."""
+    import psutil
+
+    for proc in wait_until_training(repo, run_id, timeout):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, dict[str, str]]) -> None:
@@ -314,6 +332,19 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     assert "NOT PROMOTED v0003" in text and "retrain.min_f1_gain" in text and "workspace restored" in text
     assert workspace_state(repo) == workspace_before
     assert "up to date" in sh(repo, "dvc", "status").stdout
+
+    # cancelled from the server mid-training: the workspace back byte for byte, champion unchanged, the
+    # decision artifact says so; the runs below (killed, then completed) start from that workspace
+    add_feedback(repo, per_class=8, angle=20)
+    cancelled = start_run(repo, env, "--param", 'overrides={"train.epochs": 20}', deployment=RETRAIN)
+    wait_until_training(repo, cancelled)
+    sh(repo, "prefect", "flow-run", "cancel", cancelled, env=env)
+    assert wait_for(repo, env, cancelled) == "CANCELLED", logs(repo, env, cancelled)
+    wait_for_exit(cancelled)
+    assert workspace_state(repo) == workspace_before  # params.yaml (with the override), dvc.lock, outputs
+    assert registry_state(repo) == (["v0001", "v0002", "v0003"], champion_before)
+    decision = "".join(sh(repo, "prefect", "artifact", "inspect", "lab2prod-retrain-decision", env=env).stdout.split())
+    assert "Retrainingcancelled" in decision and "thechampionisunchanged" in decision, decision
 
     # killed mid-training: nothing registered, champion unchanged; the next run resumes and completes
     add_feedback(repo, per_class=8, angle=15)
