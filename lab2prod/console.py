@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,8 @@ from lab2prod.errors import Lab2ProdError
 
 ParamsFile = Annotated[Path, typer.Option(help="Settings file to read.")]
 P = ParamSpec("P")
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a quota, a file size limit
+NO_SPACE_EXIT = 3
 R = TypeVar("R")
 
 
@@ -41,6 +45,19 @@ def stage_entry(fn: Callable[P, R]) -> Callable[P, R]:
         except Lab2ProdError as exc:
             logging.getLogger("lab2prod").error("%s", exc)
             raise SystemExit(exc.exit_code) from None
+        except (OSError, sqlite3.OperationalError) as exc:
+            full = exc.errno in NO_SPACE if isinstance(exc, OSError) else ("full" in str(exc) or "disk I/O" in str(exc))
+            if not full:
+                raise
+            where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+            logging.getLogger("lab2prod").error(
+                "could not write%s (%s): the disk is full, a quota or file-size limit was reached, or the storage "
+                "failed. Nothing was replaced: every output is written to a temporary name and renamed only when "
+                "complete, so the previous one is intact. Free some space and run again.",
+                where,
+                getattr(exc, "strerror", None) or exc,
+            )
+            raise SystemExit(NO_SPACE_EXIT) from None
 
     return wrapper
 

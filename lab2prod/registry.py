@@ -100,17 +100,22 @@ class Store:
     def create(self, data: bytes, *parts: str) -> bool:
         """Write a new file only if none exists there (atomically: O_EXCL locally, a conditional PUT on object
         stores whose fsspec backend supports `mode="create"`); False if one already existed."""
-        if self.local:
+        if self.local:  # written whole to a temp file, then hard-linked into place: link fails if it exists
             target = Path(self.path(*parts))
             target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent)
             try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, 0o644)
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    return False
+            finally:
+                os.unlink(tmp)
             return True
         # fsspec's in-memory filesystem lives in this process; its create is check-then-write, so a lock
         # makes it atomic among threads (object stores do it server-side)

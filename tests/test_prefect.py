@@ -316,6 +316,20 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     assert {"dvc.lock", "params.yaml", "export.json", m2["deployable"]} <= set(m2["files"])
     assert current == ("v0002" if m2["lineage"]["decision"]["promote"] else "v0001")
 
+    # cancelled from the server mid-training: the workspace back byte for byte, champion unchanged, the
+    # decision artifact says so; the next run (the worse challenger below) starts from it and completes
+    before_cancel, champion_at_cancel = workspace_state(repo), registry_state(repo)
+    add_feedback(repo, per_class=8, angle=20)
+    cancelled = start_run(repo, env, "--param", 'overrides={"train.epochs": 20}', deployment=RETRAIN)
+    wait_until_training(repo, cancelled)
+    sh(repo, "prefect", "flow-run", "cancel", cancelled, env=env)
+    assert wait_for(repo, env, cancelled) == "CANCELLED", logs(repo, env, cancelled)
+    wait_for_exit(cancelled)
+    assert workspace_state(repo) == before_cancel  # params.yaml (with the override), dvc.lock, outputs
+    assert registry_state(repo) == champion_at_cancel
+    decision = "".join(sh(repo, "prefect", "artifact", "inspect", "lab2prod-retrain-decision", env=env).stdout.split())
+    assert "Retrainingcancelled" in decision and "thechampionisunchanged" in decision, decision
+
     # a deliberately worse challenger: not promoted, champion and workspace as they were, the run says why
     champion_before = current
     served_before = Path(champion_model(registry)).read_bytes()
@@ -332,19 +346,6 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     assert "NOT PROMOTED v0003" in text and "retrain.min_f1_gain" in text and "workspace restored" in text
     assert workspace_state(repo) == workspace_before
     assert "up to date" in sh(repo, "dvc", "status").stdout
-
-    # cancelled from the server mid-training: the workspace back byte for byte, champion unchanged, the
-    # decision artifact says so; the runs below (killed, then completed) start from that workspace
-    add_feedback(repo, per_class=8, angle=20)
-    cancelled = start_run(repo, env, "--param", 'overrides={"train.epochs": 20}', deployment=RETRAIN)
-    wait_until_training(repo, cancelled)
-    sh(repo, "prefect", "flow-run", "cancel", cancelled, env=env)
-    assert wait_for(repo, env, cancelled) == "CANCELLED", logs(repo, env, cancelled)
-    wait_for_exit(cancelled)
-    assert workspace_state(repo) == workspace_before  # params.yaml (with the override), dvc.lock, outputs
-    assert registry_state(repo) == (["v0001", "v0002", "v0003"], champion_before)
-    decision = "".join(sh(repo, "prefect", "artifact", "inspect", "lab2prod-retrain-decision", env=env).stdout.split())
-    assert "Retrainingcancelled" in decision and "thechampionisunchanged" in decision, decision
 
     # killed mid-training: nothing registered, champion unchanged; the next run resumes and completes
     add_feedback(repo, per_class=8, angle=15)
