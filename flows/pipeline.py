@@ -12,7 +12,10 @@ runs, applied to params.yaml (comments kept) and the finished run is saved as a 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -72,15 +75,51 @@ def run_dvc(project: Path, *args: str, log_prefix: str = "") -> tuple[int, list[
             if line:
                 lines.append(line)
                 logger.info("%s%s", log_prefix, line)
-    except BaseException:  # cancelled (SIGTERM) or interrupted: DVC must be gone before anything restores files
-        proc.terminate()
+    except BaseException:  # cancelled (SIGTERM) or interrupted: DVC and its stage must be gone before anything
+        proc.terminate()  # restores files, or a stage still finishing would write over what was restored
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        stop_stage_processes(project)
         raise
     return proc.wait(), lines
+
+
+def stop_stage_processes(project: Path, timeout_s: float = 20) -> list[int]:
+    """SIGKILL every stage process (`python -m tasks.<stage>`) running in `project` and wait until they are gone;
+    returns their pids. A stage whose DVC parent died is re-parented and would otherwise finish on its own
+    (Lightning, for one, saves its logs on SIGTERM). Reads /proc: a no-op where there is none."""
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():
+        return []
+    found = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if cwd == project.resolve() and any(a.startswith(b"tasks.") for a in argv):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                found.append(int(entry.name))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any((proc_root / str(pid)).exists() and _alive(pid) for pid in found):
+        time.sleep(0.05)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Not yet reaped and not a zombie."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def stage_order(project: Path) -> list[str]:

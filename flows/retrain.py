@@ -28,7 +28,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import TerminationSignal
 from prefect.transactions import Transaction, get_transaction, transaction
 
-from flows.pipeline import PROJECT_DIR, has_remote, reproduce_stage, run_dvc, training_pipeline, workspace_lock
+from flows.pipeline import (
+    PROJECT_DIR,
+    has_remote,
+    reproduce_stage,
+    run_dvc,
+    stop_stage_processes,
+    training_pipeline,
+    workspace_lock,
+)
 from lab2prod.errors import ConfigError
 from lab2prod.files import read_json
 from lab2prod.layout import Workspace
@@ -77,6 +85,9 @@ def restore_workspace(txn: Transaction) -> None:
     logger = get_run_logger()
     project = Path(txn.get("project"))
     snap = project / SNAPSHOT
+    stopped = stop_stage_processes(project)  # a cancelled run's stage must not write over what is put back
+    if stopped:
+        logger.info("stopped %d stage process(es) of this run before restoring: %s", len(stopped), stopped)
     for rel in txn.get("paths"):
         target, saved = project / rel, snap / rel
         if target.is_dir():

@@ -179,3 +179,18 @@ def test_kill_9_during_each_stage_then_dvc_status_tells_the_truth_and_repro_comp
         assert f"{stage}:" in status, status  # DVC says the killed stage must run again
     sh(repo, "dvc", "repro")
     assert "up to date" in sh(repo, "dvc", "status").stdout
+
+    # and `dvc push` to the remote killed part-way: the next push completes and the remote is in sync
+    push = subprocess.Popen(
+        ["dvc", "push"],
+        cwd=repo,
+        env=project_env(repo),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    os.killpg(push.pid, signal.SIGKILL)
+    push.wait()
+    sh(repo, "dvc", "push")
+    assert "in sync" in sh(repo, "dvc", "status", "--cloud").stdout
