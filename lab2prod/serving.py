@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import hashlib
 import io
 import json
@@ -33,16 +32,14 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -51,325 +48,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lab2prod.errors import ConfigError, DataError
 from lab2prod.feedback import EXTENSIONS, add_feedback
 from lab2prod.images import BadImage
-from lab2prod.predict import Classifier
 from lab2prod.prediction_log import PredictionLog
+from lab2prod.serving_batch import Busy, MicroBatcher
+from lab2prod.serving_metrics import Metrics
+from lab2prod.serving_model import ChampionSource, FileSource, ModelHolder, ServedModel
 from lab2prod.settings import ServeConfig
 from lab2prod.storage import is_remote
 
 log = logging.getLogger("lab2prod.serve")
 
 CONFIG_ENV = "LAB2PROD_SERVE"  # JSON {"config", "model", "registry"} handed to each worker process
-
-
-# ---------------------------------------------------------------- where the model comes from
-
-
-@dataclasses.dataclass(frozen=True)
-class Pointer:
-    """What should be served: `key` changes whenever the model does."""
-
-    key: str
-    location: str  # a path or fsspec URL of the ONNX file
-    version: str | None  # the registry version, None for a plain file
-    sha256: str | None  # the expected sha256 (the registry records it), None for a plain file
-
-
-class ChampionSource:
-    """The registry's champion, followed: a promotion or rollback is a new pointer."""
-
-    def __init__(self, registry: str) -> None:
-        self.registry = registry
-
-    def describe(self) -> str:
-        return f"the champion of registry {self.registry}"
-
-    def pointer(self) -> Pointer | None:
-        from lab2prod.registry import champion, champion_model
-
-        current = champion(self.registry)
-        if current is None:
-            return None
-        return Pointer(
-            f"{current['version']}:{current['onnx_sha256']}",
-            champion_model(self.registry),
-            current["version"],
-            current["onnx_sha256"],
-        )
-
-
-class FileSource:
-    """One ONNX file (path or URL); replaced on disk, it is reloaded like a promotion."""
-
-    def __init__(self, location: str) -> None:
-        self.location = location
-
-    def describe(self) -> str:
-        return f"the file {self.location}"
-
-    def pointer(self) -> Pointer | None:
-        fs, path = fsspec.core.url_to_fs(self.location)
-        try:
-            info = fs.info(path)
-        except FileNotFoundError:
-            return None
-        identity = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag")
-        return Pointer(f"{info.get('size')}:{identity}", self.location, None, None)
-
-
-@dataclasses.dataclass(frozen=True)
-class ServedModel:
-    classifier: Classifier
-    version: str
-    key: str
-    loaded_at: str
-
-    @property
-    def sha256(self) -> str:
-        return self.classifier.sha256
-
-
-def load_served(pointer: Pointer) -> ServedModel:
-    """Download, check the sha256, open and smoke-test the file a pointer names; DataError saying why not."""
-    try:
-        with fsspec.open(pointer.location, "rb") as fh:
-            data = fh.read()
-    except (OSError, ValueError) as exc:
-        raise DataError(f"model {pointer.location}: cannot be read: {exc}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if pointer.sha256 and digest != pointer.sha256:
-        raise DataError(
-            f"model {pointer.location}: sha256 {digest[:16]}... does not match the pointer's "
-            f"{pointer.sha256[:16]}...: the file was modified or is incomplete"
-        )
-    classifier = Classifier.from_bytes(data, pointer.location)
-    h, w, c = classifier.image_shape
-    try:
-        probs = classifier.predict(np.zeros((2, h, w, c), dtype=np.uint8))
-    except Exception as exc:  # any ONNX Runtime failure on a valid input means the file cannot serve
-        raise DataError(f"model {pointer.location}: smoke prediction failed: {str(exc).strip()[:300]}") from None
-    if probs.shape != (2, len(classifier.classes)) or not np.isfinite(probs).all():
-        raise DataError(
-            f"model {pointer.location}: smoke prediction gave shape {probs.shape} or non-finite values "
-            f"for {len(classifier.classes)} classes"
-        )
-    version = pointer.version or f"{Path(pointer.location).name}@{digest[:12]}"
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return ServedModel(classifier, version, pointer.key, now)
-
-
-# ---------------------------------------------------------------- metrics
-
-
-class Metrics:
-    """The server's Prometheus metrics, in a registry of their own (one per app)."""
-
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "lab2prod_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "lab2prod_request_seconds",
-            "Request latency by endpoint",
-            ["endpoint"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
-        )
-        self.batch = Histogram(
-            "lab2prod_batch_images", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r
-        )
-        self.images = Counter("lab2prod_images", "Images classified", registry=r)
-        self.queue = Gauge("lab2prod_queue_images", "Images waiting for the model", registry=r)
-        self.model = Gauge("lab2prod_model_info", "The model served (value 1)", ["version", "sha256"], registry=r)
-        self.reloads = Counter("lab2prod_model_reloads", "Model loads by result (ok, refused)", ["result"], registry=r)
-        self.source_errors = Counter(
-            "lab2prod_model_source_errors", "Failed reads of the champion pointer (registry unreachable)", registry=r
-        )
-        self.logged = Counter("lab2prod_logged_predictions", "Predictions written to the prediction log", registry=r)
-        self.feedback = Counter("lab2prod_feedback", "Labelled corrections received", registry=r)
-
-
-# ---------------------------------------------------------------- micro-batching
-
-
-class Busy(Exception):
-    """More images waiting than serve.max_queue."""
-
-
-@dataclasses.dataclass
-class Job:
-    model: ServedModel
-    images: np.ndarray  # uint8 NHWC
-    fingerprints: list[str]
-    files: list[tuple[bytes, str]] | None
-    future: asyncio.Future
-
-
-class MicroBatcher:
-    """Collects images from concurrent requests into model calls of up to `max_batch` images."""
-
-    def __init__(
-        self,
-        max_batch: int,
-        max_wait_s: float,
-        max_queue: int,
-        metrics: Metrics,
-        prediction_log: PredictionLog | None,
-        log_top_k: int,
-    ) -> None:
-        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
-        self.metrics, self.prediction_log, self.log_top_k = metrics, prediction_log, log_top_k
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="lab2prod-model")
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self.pending = 0  # images submitted and not answered yet
-        self.arriving = 0  # requests being read or decoded: their images will be submitted soon
-        self.submitted = asyncio.Event()
-
-    async def submit(
-        self, model: ServedModel, images: np.ndarray, fingerprints: list[str], files: list[tuple[bytes, str]] | None
-    ) -> np.ndarray:
-        n = len(images)
-        if self.pending + n > self.max_queue:
-            raise Busy(f"{self.pending} images are waiting for the model (serve.max_queue = {self.max_queue})")
-        loop = asyncio.get_running_loop()
-        jobs = []
-        for i in range(0, n, self.max_batch):
-            sl = slice(i, i + self.max_batch)
-            jobs.append(Job(model, images[sl], fingerprints[sl], files[sl] if files else None, loop.create_future()))
-        self.pending += n
-        self.metrics.queue.set(self.pending)
-        try:
-            for job in jobs:
-                self.queue.put_nowait(job)
-            self.submitted.set()
-            return np.concatenate(await asyncio.gather(*(j.future for j in jobs)))
-        finally:
-            self.pending -= n
-            self.metrics.queue.set(self.pending)
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        carry: Job | None = None
-        while True:
-            first = carry or await self.queue.get()
-            carry = None
-            jobs, n = [first], len(first.images)
-            deadline = loop.time() + self.max_wait_s
-            while True:
-                while n < self.max_batch and not self.queue.empty():
-                    job = self.queue.get_nowait()
-                    if n + len(job.images) > self.max_batch:
-                        carry = job
-                        break
-                    jobs.append(job)
-                    n += len(job.images)
-                remaining = deadline - loop.time()
-                # Wait for more only while other requests are on their way in (being read or decoded):
-                # a lone request is never held back.
-                if carry is not None or n >= self.max_batch or remaining <= 0 or self.arriving == 0:
-                    break
-                self.submitted.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.submitted.wait(), remaining)
-            jobs = [j for j in jobs if not j.future.done()]  # a request that timed out is not run
-            for model in {id(j.model): j.model for j in jobs}.values():  # each request on the model it started with
-                group = [j for j in jobs if j.model is model]
-                try:
-                    probs = await loop.run_in_executor(self.executor, self._infer, model, group)
-                except Exception as exc:  # the model failed on valid input: those requests get a 500, nothing else
-                    log.exception(
-                        "model %s failed on a batch of %d images", model.version, sum(len(j.images) for j in group)
-                    )
-                    for j in group:
-                        if not j.future.done():
-                            j.future.set_exception(exc)
-                    continue
-                start = 0
-                for j in group:
-                    if not j.future.done():
-                        j.future.set_result(probs[start : start + len(j.images)])
-                    start += len(j.images)
-
-    def _infer(self, model: ServedModel, group: list[Job]) -> np.ndarray:
-        x = group[0].images if len(group) == 1 else np.concatenate([j.images for j in group])
-        probs = model.classifier.predict(x)
-        self.metrics.batch.observe(len(x))
-        self.metrics.images.inc(len(x))
-        if self.prediction_log is not None and self.prediction_log.enabled:
-            files = None
-            if self.prediction_log.keep_images and all(j.files for j in group):
-                files = [f for j in group for f in j.files]
-            try:
-                logged = self.prediction_log.record(
-                    model.version,
-                    model.sha256,
-                    model.classifier.classes,
-                    probs,
-                    x,
-                    [f for j in group for f in j.fingerprints],
-                    files,
-                    self.log_top_k,
-                )
-                self.metrics.logged.inc(logged)
-            except OSError as exc:  # a full disk must not fail predictions
-                log.warning("prediction log: cannot write (%s); predictions go on unlogged", exc)
-        return probs
-
-
-# ---------------------------------------------------------------- the model holder and its watcher
-
-
-class ModelHolder:
-    """The model being served, swapped atomically by `refresh`."""
-
-    def __init__(self, source: ChampionSource | FileSource, metrics: Metrics) -> None:
-        self.source, self.metrics = source, metrics
-        self.current: ServedModel | None = None
-        self.refused: dict[str, str] = {}  # pointer key -> why (not retried until the pointer changes)
-        self.last_problem = ""
-
-    def refresh(self) -> str:
-        """Load the pointer's model if it changed; returns what happened ("same", "loaded", "refused", ...)."""
-        try:
-            pointer = self.source.pointer()
-        except Exception as exc:  # an unreachable registry: keep serving what we have
-            self.metrics.source_errors.inc()
-            problem = f"cannot read {self.source.describe()}: {type(exc).__name__}: {exc}"
-            if problem != self.last_problem:
-                log.warning("%s; %s", problem, "still serving " + self.current.version if self.current else "no model")
-            self.last_problem = problem
-            return "unreachable"
-        if pointer is None:
-            self.last_problem = f"{self.source.describe()}: no model yet"
-            return "none"
-        if self.current is not None and pointer.key == self.current.key:
-            return "same"
-        if pointer.key in self.refused:
-            return "refused"
-        try:
-            model = load_served(pointer)
-        except DataError as exc:
-            self.refused[pointer.key] = str(exc)
-            self.last_problem = f"refused {pointer.version or pointer.location}: {exc}"
-            self.metrics.reloads.labels("refused").inc()
-            log.error(
-                "refused the new model (%s); %s",
-                exc,
-                f"still serving {self.current.version}" if self.current else "no model is served",
-            )
-            return "refused"
-        previous, self.current = self.current, model
-        self.last_problem = ""
-        self.metrics.reloads.labels("ok").inc()
-        self.metrics.model.clear()
-        self.metrics.model.labels(model.version, model.sha256[:16]).set(1)
-        log.info(
-            "serving %s (sha256 %s...)%s",
-            model.version,
-            model.sha256[:12],
-            f", was {previous.version}" if previous else "",
-        )
-        return "loaded"
 
 
 # ---------------------------------------------------------------- the HTTP app

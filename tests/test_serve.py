@@ -26,7 +26,9 @@ from lab2prod.dataset import SplitIndex
 from lab2prod.predict import Classifier
 from lab2prod.prediction_log import PredictionLog, log_files, read_log
 from lab2prod.registry import manifest, register, set_champion
-from lab2prod.serving import Metrics, MicroBatcher, ServedModel
+from lab2prod.serving_batch import MicroBatcher
+from lab2prod.serving_metrics import Metrics
+from lab2prod.serving_model import ServedModel
 from lab2prod.settings import validate_params
 from tasks.ingest import ingest
 from tests.conftest import TINY, digit_png
