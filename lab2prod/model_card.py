@@ -17,6 +17,17 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f} %"
 
 
+def _network_line(info: ModelInfo) -> str:
+    spec, lineage = info.spec, info.lineage
+    name = f"timm `{spec.architecture}`" if spec.is_timm else f"built-in `{spec.architecture}` (width {spec.width})"
+    resize = f", resized to {spec.input_size} px ({spec.interpolation}) inside the model" if spec.input_size else ""
+    if lineage.weights_source == "none":
+        start = "trained from random initial weights"
+    else:
+        start = f"initial weights from `{lineage.weights_source}` (sha256 `{lineage.weights_sha256}`)"
+    return f"{name}{resize}; {start}; {info.epochs_trained} epochs."
+
+
 def write_model_card(
     path: Path,
     info: ModelInfo,
@@ -41,6 +52,9 @@ def write_model_card(
         "Normalisation is inside the model.",
         "Not for: images unlike the training data (other domains, sizes far from the training size, "
         "mirrored digits), or decisions with no human check where an error is costly.",
+        "",
+        "## Network",
+        _network_line(info),
         "",
         "## Data",
         f"Source: `{meta['source']}`; {meta['n_images']} images after quarantine and de-duplication; "

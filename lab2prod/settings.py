@@ -19,6 +19,7 @@ from lab2prod.errors import ConfigError
 PARAMS_FILE = Path("params.yaml")
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+BUILTIN_ARCHITECTURES = ("small_cnn", "resnet")  # models/networks.py ARCHITECTURES; any other name is timm's
 
 
 class _Section(BaseModel):
@@ -66,8 +67,28 @@ class AugmentConfig(_Section):
     preview_images: Annotated[int, Field(ge=1, le=64)] = 8
 
 
+def check_architecture(name: str) -> None:
+    """A built-in network or a timm model name, else a ValueError saying what timm has that is close."""
+    if name in BUILTIN_ARCHITECTURES:
+        return
+    import timm  # only for a timm name: validating settings stays free of torch otherwise
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:6]
+        raise ValueError(
+            f"architecture {name!r} is neither built in ({', '.join(BUILTIN_ARCHITECTURES)}) nor a timm model"
+            f"{' (timm has e.g. ' + ', '.join(close) + ')' if close else ''}; list them with: "
+            "python -c \"import timm; print(timm.list_models('*mobilenet*'))\""
+        )
+
+
 class TrainConfig(_Section):
-    architecture: Literal["small_cnn", "resnet"] = "small_cnn"
+    architecture: str = "small_cnn"  # "small_cnn", "resnet", or any timm model name
+    pretrained: str = "none"  # "none", "timm" (the hub), "champion" (warm start), or a weights file path / URL
+    input_size: Literal["auto"] | Annotated[int, Field(ge=8, le=1024)] = "auto"
+    freeze_epochs: Annotated[int, Field(ge=0, le=10_000)] = 0  # linear probe: epochs with the backbone frozen
+    backbone_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # backbone lr = lr x this (head: lr)
+    freeze_bn: bool = False  # keep the backbone's batch-norm statistics fixed while fine-tuning
     width: Annotated[int, Field(ge=4, le=512)] = 32
     dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
@@ -83,6 +104,18 @@ class TrainConfig(_Section):
     loader: Literal["auto", "memory", "stream"] = "auto"
     memory_limit_mb: Annotated[int, Field(ge=0)] = 2048
     workers: Literal["auto"] | Annotated[int, Field(ge=0, le=256)] = "auto"
+
+    @model_validator(mode="after")
+    def _weights_fit_the_architecture(self) -> TrainConfig:
+        check_architecture(self.architecture)
+        if self.architecture in BUILTIN_ARCHITECTURES and self.pretrained not in ("none", "champion"):
+            raise ValueError(
+                f"pretrained = {self.pretrained!r} needs a timm backbone; the built-in {self.architecture!r} "
+                "starts from 'none' (random) or 'champion' (the registry champion's weights)"
+            )
+        if self.freeze_epochs >= self.epochs:
+            raise ValueError(f"freeze_epochs = {self.freeze_epochs} leaves none of the {self.epochs} epochs to tune")
+        return self
 
 
 class EvaluateConfig(_Section):
@@ -116,11 +149,18 @@ class Int8Config(_Section):
 
 class DistillConfig(_Section):
     enabled: bool = True
+    student_architecture: str = "auto"  # "auto": the teacher's built-in network (small_cnn for a timm teacher)
     student_width: Annotated[int, Field(ge=4, le=512)] = 16
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 20
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 3e-3
     temperature: Annotated[float, Field(gt=0.0, le=20.0)] = 4.0
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
+
+    @model_validator(mode="after")
+    def _known_student(self) -> DistillConfig:
+        if self.student_architecture != "auto":
+            check_architecture(self.student_architecture)
+        return self
 
 
 class CompressConfig(_Section):

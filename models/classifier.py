@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -9,13 +10,31 @@ import torch
 import torchmetrics
 from torch import nn
 
+from models.networks import classifier_layer
+
+log = logging.getLogger("lab2prod.train")
+
 
 class ImageClassifier(L.LightningModule):
     """Trains the network it is given: AdamW + one-cycle schedule, label-smoothed cross-entropy,
-    accuracy on train and val."""
+    accuracy on train and val.
+
+    Fine-tuning a pretrained network: the backbone (everything but the classifier layer) learns at
+    `lr * backbone_lr_scale`; for the first `freeze_epochs` it is frozen, batch norm included (a
+    linear probe: only the head learns); `freeze_bn` keeps the backbone's batch-norm statistics
+    fixed for the whole run (small batches, or data close to the pretraining data).
+    """
 
     def __init__(
-        self, net: nn.Module, n_classes: int, lr: float, weight_decay: float, label_smoothing: float = 0.0
+        self,
+        net: nn.Module,
+        n_classes: int,
+        lr: float,
+        weight_decay: float,
+        label_smoothing: float = 0.0,
+        backbone_lr_scale: float = 1.0,
+        freeze_epochs: int = 0,
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "student", "teacher"])  # modules travel in the state dict
@@ -23,6 +42,22 @@ class ImageClassifier(L.LightningModule):
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=n_classes)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=n_classes)
+
+    def on_train_epoch_start(self) -> None:
+        hp = self.hparams
+        frozen = self.current_epoch < hp.freeze_epochs
+        head = classifier_layer(self.net)
+        if hp.freeze_epochs:
+            head_params = {id(p) for p in head.parameters()}
+            for p in self.net.parameters():
+                if id(p) not in head_params:
+                    p.requires_grad_(not frozen)
+            if self.current_epoch == hp.freeze_epochs:
+                log.info("fine-tuning: backbone unfrozen at epoch %d", self.current_epoch + 1)
+        if frozen or hp.freeze_bn:  # timm's BatchNormAct2d is a _BatchNorm too
+            for module in self.net.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -48,18 +83,25 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decay, no_decay = [], []
-        for p in self.parameters():  # no weight decay on norms and biases
-            if p.requires_grad:  # a frozen teacher (distillation) is not optimised
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
-        )
+        head = {id(p) for p in classifier_layer(self.net).parameters()}
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for p in self.net.parameters():  # a frozen teacher (distillation) is outside self.net: not optimised
+            groups.setdefault((id(p) in head, p.ndim <= 1), []).append(p)  # no weight decay on norms, biases
+        param_groups = [
+            {
+                "params": ps,
+                "lr": hp.lr * (1.0 if is_head else hp.backbone_lr_scale),
+                "weight_decay": 0.0 if no_decay else hp.weight_decay,
+            }
+            for (is_head, no_decay), ps in sorted(groups.items())
+        ]
+        optimizer = torch.optim.AdamW(param_groups, lr=hp.lr)
         # OneCycleLR divides by its warm-up length (0.25 * steps - 1): under 8 steps (a tiny data set) that
         # is <= 0; a longer schedule than the run just ends before the learning rate has fully annealed.
         steps = max(8, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=steps, pct_start=0.25)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=steps, pct_start=0.25
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

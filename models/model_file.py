@@ -32,6 +32,9 @@ class Lineage(BaseModel):
     train_inputs_hash: str  # the exact training and validation files
     params_hash: str  # the train settings
     git_commit: str  # the code (suffixed -dirty when it had uncommitted changes)
+    # the initial weights: "none" (random), "timm:<hub id>", "champion:<version>", or a file path / URL
+    weights_source: str = "none"
+    weights_sha256: str | None = None  # of that weights file (None: random initial weights)
 
 
 class ModelInfo(BaseModel):
@@ -72,6 +75,8 @@ def fit_shapes_to(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mod
         if weight is None:
             continue
         if isinstance(module, nn.Conv2d):
+            if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+                module.groups = weight.shape[0]  # depthwise (MobileNet, EfficientNet): pruned with its input
             module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
         elif isinstance(module, nn.BatchNorm2d):
             module.num_features = weight.shape[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import pickle
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,19 @@ import lightning as L
 import torch
 from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import nn
 
 from lab2prod.console import ParamsFile, run_stage
+from lab2prod.errors import ConfigError
 from lab2prod.files import atomic_file, read_json, write_json
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.lineage import git_commit
 from lab2prod.settings import Params, TrainConfig, load_params
 from lab2prod.training_data import datamodule, inputs_digest
+from lab2prod.weights import WeightsSource, resolve_weights
 from models.classifier import ImageClassifier
-from models.model_file import Lineage, ModelInfo, save_model_file
-from models.networks import ModelSpec
+from models.model_file import Lineage, ModelInfo, load_model_file, save_model_file
+from models.networks import ModelSpec, backbone_config, transfer_weights
 from models.trainer import EpochLog, make_trainer
 
 log = logging.getLogger("tasks.train")  # not __name__: that is __main__ under python -m
@@ -73,28 +77,94 @@ def trim_curves(metrics_dir: Path, checkpoint: Path) -> None:
                 tmp.write_text(header + "".join(kept))
 
 
-def network_spec(cfg: TrainConfig, meta: dict[str, Any]) -> ModelSpec:
-    """The network to train, from the train settings and the prepared data's meta.json."""
+def network_spec(cfg: TrainConfig, meta: dict[str, Any], weights: WeightsSource) -> ModelSpec:
+    """The network to train, from the train settings, the prepared data's meta.json and the weights.
+
+    A pretrained timm backbone brings its own normalisation statistics (averaged for grey images,
+    whose first conv timm sums over RGB), input size and interpolation; the network resizes to that
+    size inside (`train.input_size` overrides it), so its ONNX file still takes the ingested size.
+    """
+    height, _, channels = meta["image_shape"]
+    mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+    input_size = None if cfg.input_size == "auto" else cfg.input_size
+    interpolation = "bilinear"
+    if weights.kind in ("timm", "file"):
+        backbone = backbone_config(cfg.architecture)
+        mean, std = [float(v) for v in backbone["mean"]], [float(v) for v in backbone["std"]]
+        if channels != len(mean):
+            mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+        if cfg.input_size == "auto":
+            input_size = int(backbone["input_size"][-1])
+        if backbone.get("interpolation") in ("bilinear", "bicubic"):
+            interpolation = backbone["interpolation"]
     return ModelSpec(
         architecture=cfg.architecture,
-        in_channels=meta["image_shape"][2],
+        in_channels=channels,
         n_classes=len(meta["classes"]),
         width=cfg.width,
         dropout=cfg.dropout,
-        mean=meta["normalization"]["mean"],
-        std=meta["normalization"]["std"],
+        mean=mean,
+        std=std,
+        input_size=None if input_size == height else input_size,
+        interpolation=interpolation,
     )
 
 
-def build_classifier(cfg: TrainConfig, spec: ModelSpec) -> ImageClassifier:
-    """A fresh network in the training recipe's LightningModule (draws the initial weights: seed first)."""
+def warm_start(cfg: TrainConfig, meta: dict[str, Any], weights: WeightsSource) -> tuple[ModelSpec, nn.Module]:
+    """The champion's network re-sized to this data's classes, its weights copied (head rows by class name)."""
+    assert weights.path is not None
+    source, source_info = load_model_file(weights.path)
+    old = source_info.spec
+    mismatch = [
+        f"{key} {getattr(old, key)!r} vs {value!r}"
+        for key, value in (("architecture", cfg.architecture), ("in_channels", meta["image_shape"][2]))
+        if getattr(old, key) != value
+    ]
+    if old.architecture == cfg.architecture and not old.is_timm and old.width != cfg.width:
+        mismatch.append(f"width {old.width} vs {cfg.width}")
+    if mismatch:
+        raise ConfigError(
+            f"train.pretrained = 'champion': the champion ({weights.label}) does not fit these settings "
+            f"(champion vs now: {'; '.join(mismatch)}); set train to the champion's or start from 'none'"
+        )
+    spec = old.model_copy(update={"n_classes": len(meta["classes"]), "dropout": cfg.dropout})
+    net = spec.build()
+    report = transfer_weights(net, source, source_info.classes, meta["classes"])
+    log.info(
+        "train: warm start from %s: %d tensors copied, %d classes kept, new classes %s%s",
+        weights.label,
+        report["tensors_copied"],
+        len(report["classes_kept"]),
+        report["classes_new"] or "none",
+        f", not copied: {report['tensors_skipped']}" if report["tensors_skipped"] else "",
+    )
+    return spec, net
+
+
+def build_classifier(cfg: TrainConfig, net: nn.Module, n_classes: int) -> ImageClassifier:
+    """The network in the training recipe's LightningModule."""
     return ImageClassifier(
-        spec.build(),
-        spec.n_classes,
+        net,
+        n_classes,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing,
+        backbone_lr_scale=cfg.backbone_lr_scale,
+        freeze_epochs=cfg.freeze_epochs,
+        freeze_bn=cfg.freeze_bn,
     )
+
+
+def initial_network(params: Params, meta: dict[str, Any], scratch: Path) -> tuple[ModelSpec, nn.Module, WeightsSource]:
+    """The network to start from (draws random weights where there are no others: seed first)."""
+    cfg = params.train
+    weights = resolve_weights(cfg.pretrained, cfg.architecture, Path("."), params.retrain.registry_dir, scratch)
+    if weights.kind == "champion":
+        spec, net = warm_start(cfg, meta, weights)
+    else:
+        spec = network_spec(cfg, meta, weights)
+        net = spec.build(weights.path if weights.kind in ("timm", "file") else None)
+    return spec, net, weights
 
 
 def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str, Any] | None = None) -> dict:
@@ -105,17 +175,18 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     """
     cfg = params.train
     meta = read_json(ws.prepared / "meta.json")
-    spec = network_spec(cfg, meta)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with tempfile.TemporaryDirectory(prefix="lab2prod-weights-") as scratch:
+        spec, net, weights = initial_network(params, meta, Path(scratch))
     inputs_hash = inputs_digest(ws)
-    fingerprint = f"{inputs_hash}-{params.section_hash('train')}"
+    fingerprint = f"{inputs_hash}-{params.section_hash('train')}-{weights.sha256}"
     ckpt_dir = ws.train_dir / "checkpoints"
     resume_from = checkpoint_to_resume(ckpt_dir, fingerprint)
     if resume_from:
         log.info("train: resuming the unfinished run from %s", resume_from)
         trim_curves(ws.train_metrics, resume_from)
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_classifier(cfg, spec)
+    model = build_classifier(cfg, net, spec.n_classes)
     data = datamodule(params, ws, cfg.seed)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     overrides = dict(trainer_overrides or {})
@@ -143,6 +214,8 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
         train_inputs_hash=inputs_hash,
         params_hash=params.section_hash("train"),
         git_commit=git_commit(),
+        weights_source=weights.label,
+        weights_sha256=weights.sha256,
     )
     info = ModelInfo(
         spec=spec,
