@@ -263,6 +263,48 @@ def iter_split(prepared: Path | str, split: str, batch_size: int) -> Iterator[tu
         index.close()
 
 
+class SplitBatches:
+    """A split's images (all, or the rows `keep` selects) as a re-iterable sequence of uint8 NHWC batches,
+    decoded from the shards on each pass: scoring a split larger than memory holds one batch at a time."""
+
+    def __init__(self, prepared: Path | str, split: str, batch_size: int = 512, keep: np.ndarray | None = None) -> None:
+        index = SplitIndex.read(prepared, split)
+        labels = index.labels.copy()
+        index.close()
+        self.prepared, self.split, self.batch_size = Path(prepared), split, batch_size
+        self.rows = np.arange(len(labels)) if keep is None else np.flatnonzero(keep)
+        self.labels = labels[self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def images(self, positions: np.ndarray | range) -> torch.Tensor:
+        """The images at these positions (in this selection), decoded into memory."""
+        import torch
+
+        index = SplitIndex.read(self.prepared, self.split)
+        try:
+            return torch.from_numpy(index.images(self.rows[np.asarray(positions, dtype=np.int64)]))
+        finally:
+            index.close()
+
+    def first(self, n: int) -> torch.Tensor:
+        return self.images(range(min(n, len(self))))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), self.batch_size):
+            yield self.images(range(start, min(start + self.batch_size, len(self))))
+
+
+def in_batches(images: torch.Tensor | SplitBatches, batch_size: int = 512) -> Iterator[torch.Tensor]:
+    """uint8 NHWC batches of an in-memory tensor or of a SplitBatches (in its own batch size)."""
+    if isinstance(images, SplitBatches):
+        yield from images
+    else:
+        for start in range(0, len(images), batch_size):
+            yield images[start : start + batch_size]
+
+
 def to_model_input(x: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> float32 NCHW in [0, 1]: the input every network and exported model takes."""
     return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous()

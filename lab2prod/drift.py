@@ -35,10 +35,17 @@ def image_features(images: np.ndarray, probs: np.ndarray, classes: list[str]) ->
     }
 
 
+def reference_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Which of a test split's n images a reference keeps: all, or a seeded sample of MAX_REFERENCE."""
+    if n <= MAX_REFERENCE:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, MAX_REFERENCE, replace=False))
+
+
 def reference(images: np.ndarray, probs: np.ndarray, classes: list[str], seed: int = 0) -> dict[str, Any]:
     """A model's reference: its features on its test split (at most MAX_REFERENCE images, sampled)."""
     if len(images) > MAX_REFERENCE:
-        keep = np.sort(np.random.default_rng(seed).choice(len(images), MAX_REFERENCE, replace=False))
+        keep = reference_rows(len(images), seed)
         images, probs = images[keep], probs[keep]
     feats = image_features(images, probs, classes)
     return {

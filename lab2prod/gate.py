@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import f1_score
 
-from lab2prod.dataset import SplitIndex
+from lab2prod.dataset import SplitBatches, SplitIndex
 from lab2prod.files import read_json
 from lab2prod.metrics import classification_metrics
 from lab2prod.onnx_model import onnx_top1
@@ -120,13 +119,13 @@ def decide(
     `champion_rule` is the split rule of the champion's data (its registered meta.json).
     """
     index = SplitIndex.read(prepared, "test")
-    x, y = torch.from_numpy(index.images(range(len(index)))), index.labels
     index.close()
     keep, why = unseen_by(champion_rule if champion_onnx is not None else None, index.sha256)
     if champion_onnx is None:
         why = "no champion: every test image used"
     used = {"used": int(keep.sum()), "excluded": int((~keep).sum()), "why": why}
-    x, y_true = x[torch.from_numpy(keep)], y[keep]
+    x = SplitBatches(prepared, "test", keep=keep)  # streamed: each model reads the shards batch by batch
+    y_true = x.labels
     new_pred = onnx_top1(challenger_onnx, x) if len(y_true) else y_true
     new = score(y_true, new_pred, classes) if len(y_true) else {}
     if checks_failed:

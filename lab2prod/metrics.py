@@ -8,15 +8,16 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report
 
-from lab2prod.dataset import to_model_input
+from lab2prod.dataset import SplitBatches, in_batches, to_model_input
 
 
 @torch.no_grad()
-def torch_top1(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Top-1 class indices of a PyTorch network for uint8 NHWC images, in batches."""
+def torch_top1(net: torch.nn.Module, images: torch.Tensor | SplitBatches, batch_size: int = 512) -> np.ndarray:
+    """Top-1 class indices of a PyTorch network for uint8 NHWC images (a tensor, or a split streamed), in batches."""
     net.eval()
-    out = [net(to_model_input(images[i : i + batch_size])).argmax(1) for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
+    with torch.no_grad():
+        out = [net(to_model_input(x)).argmax(1) for x in in_batches(images, batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from lab2prod.dataset import to_model_input
+from lab2prod.dataset import SplitBatches, in_batches, to_model_input
 from lab2prod.errors import ParityError
 from lab2prod.runtime import INPUT, OUTPUT, logits, session
 from models.model_file import ModelInfo
@@ -64,15 +64,13 @@ def add_metadata(path: Path, info: ModelInfo, variant: str, resize: str = "stret
     onnx.save(model, str(path))
 
 
-def onnx_top1(model: Path | ort.InferenceSession, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Top-1 class indices of an ONNX model for uint8 NHWC images, in batches."""
+def onnx_top1(
+    model: Path | ort.InferenceSession, images: torch.Tensor | SplitBatches, batch_size: int = 512
+) -> np.ndarray:
+    """Top-1 class indices of an ONNX model for uint8 NHWC images (a tensor, or a split streamed), in batches."""
     sess = model if isinstance(model, ort.InferenceSession) else session(model)
-    return np.concatenate(
-        [
-            logits(sess, to_model_input(images[i : i + batch_size]).numpy()).argmax(1)
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    out = [logits(sess, to_model_input(x).numpy()).argmax(1) for x in in_batches(images, batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def check_parity(

@@ -34,7 +34,7 @@ from torch import nn
 
 from lab2prod.compression import judge, quantize_int8, structured_prune, unstructured_prune
 from lab2prod.console import ParamsFile, run_stage
-from lab2prod.dataset import SplitIndex, load_split
+from lab2prod.dataset import SplitBatches, SplitIndex
 from lab2prod.files import atomic_dir, read_json
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.metrics import classification_metrics, torch_top1
@@ -102,8 +102,8 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     """Build, score and gate every enabled variant. Returns the metrics written to metrics/compress.json."""
     cfg = params.compress
     teacher, info = load_model_file(ws.model)
-    x_test, y_test = load_split(ws.prepared, "test")
-    y_true = y_test.numpy()
+    x_test = SplitBatches(ws.prepared, "test")  # streamed from the shards at every scoring pass
+    y_true = x_test.labels
     data = datamodule(params, ws, cfg.seed)
     wd = params.train.weight_decay
     classes, n_classes = info.classes, len(info.classes)

@@ -28,7 +28,7 @@ import torch
 
 from lab2prod import drift
 from lab2prod.console import ParamsFile, run_stage
-from lab2prod.dataset import load_split, to_model_input
+from lab2prod.dataset import SplitBatches, in_batches, to_model_input
 from lab2prod.errors import ParityError
 from lab2prod.files import atomic_dir, read_json, write_json
 from lab2prod.layout import PARAMS, WORKSPACE, Workspace
@@ -38,7 +38,7 @@ from lab2prod.model_card import write_model_card
 from lab2prod.onnx_model import add_metadata, check_parity, onnx_top1, to_onnx
 from lab2prod.records import CompressReport
 from lab2prod.runtime import logits, session, variant_file
-from lab2prod.serving_speed import measure, onnx_runner, torch_runner
+from lab2prod.serving_speed import SINGLES, measure, onnx_runner, torch_runner
 from lab2prod.settings import Params, load_params
 from models.model_file import load_model_file
 
@@ -46,7 +46,7 @@ log = logging.getLogger("tasks.export")  # not __name__: that is __main__ under 
 
 
 def export_checked(
-    net: torch.nn.Module, info: dict, path: Path, variant: str, params: Params, x_test: torch.Tensor
+    net: torch.nn.Module, info: dict, path: Path, variant: str, params: Params, x_test: SplitBatches
 ) -> dict[str, Any]:
     """Export one PyTorch model, check it fully and match it to PyTorch; returns its parity record."""
     cfg = params.export
@@ -54,7 +54,9 @@ def export_checked(
     add_metadata(path, info, variant, params.ingest.resize)
     onnx.checker.check_model(str(path), full_check=True)
     sess = session(path)
-    diffs = check_parity(net, sess, x_test, cfg.parity_batch_sizes, cfg.atol, label=variant)
+    diffs = check_parity(
+        net, sess, x_test.first(max(cfg.parity_batch_sizes)), cfg.parity_batch_sizes, cfg.atol, variant
+    )
     agreement = float((torch_top1(net, x_test) == onnx_top1(sess, x_test)).mean())
     return {
         "file": path.name,
@@ -66,7 +68,7 @@ def export_checked(
 
 
 def export_int8(
-    source: Path, path: Path, fp32_onnx: Path, info: dict, params: Params, x_test: torch.Tensor
+    source: Path, path: Path, fp32_onnx: Path, info: dict, params: Params, x_test: SplitBatches
 ) -> dict[str, Any]:
     """Check the compress stage's INT8 file and require top-1 agreement with the FP32 ONNX file."""
     shutil.copyfile(source, path)
@@ -81,20 +83,22 @@ def export_int8(
     return {"file": path.name, "test_top1_agreement_with_fp32": agreement, "onnx_bytes": path.stat().st_size}
 
 
-def drift_reference(onnx_file: Path, x_test: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+def drift_reference(onnx_file: Path, x_test: SplitBatches, classes: list[str]) -> dict[str, Any]:
     """What the served model (the deployable default) sees and answers on its test split: the baseline the
-    drift monitor compares served traffic with (lab2prod/drift.py). Travels into every registry version."""
+    drift monitor compares served traffic with (lab2prod/drift.py). Travels into every registry version.
+    Only the images the reference keeps (drift.reference_rows: at most MAX_REFERENCE) are decoded."""
     sess = session(onnx_file)
-    z = np.concatenate([logits(sess, to_model_input(x_test[i : i + 512]).numpy()) for i in range(0, len(x_test), 512)])
+    images = x_test.images(drift.reference_rows(len(x_test)))
+    z = np.concatenate([logits(sess, to_model_input(x).numpy()) for x in in_batches(images)])
     probs = np.exp(z - z.max(axis=1, keepdims=True))
-    return drift.reference(x_test.numpy(), probs / probs.sum(axis=1, keepdims=True), classes)
+    return drift.reference(images.numpy(), probs / probs.sum(axis=1, keepdims=True), classes)
 
 
 def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
     """Export, check and benchmark every deployable model; files land only if every check passes."""
     cfg = params.export
     net, info = load_model_file(ws.model)
-    x_test, y_test = load_split(ws.prepared, "test")
+    x_test = SplitBatches(ws.prepared, "test")  # streamed: read from the shards at each pass
     if len(x_test) < max(cfg.parity_batch_sizes):
         raise ParityError(
             f"the test split has {len(x_test)} images but export.parity_batch_sizes = {cfg.parity_batch_sizes} "
@@ -120,7 +124,11 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
         log.info("export: %d ONNX file(s) checked; benchmarking %s", len(records), ", ".join(runners))
 
         speed = measure(
-            runners, to_model_input(x_test).numpy(), cfg.benchmark_calls, cfg.benchmark_batch, cfg.benchmark_batch_calls
+            runners,
+            to_model_input(x_test.first(max(SINGLES, cfg.benchmark_batch))).numpy(),
+            cfg.benchmark_calls,
+            cfg.benchmark_batch,
+            cfg.benchmark_batch_calls,
         )
         benchmark = {"machine": cpu_features(), "variants": {}}
         evaluate = read_json(ws.evaluate_metrics) if ws.evaluate_metrics.exists() else {}

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from lab2prod.augmentation import build_augmenter
-from lab2prod.dataset import SplitIndex
+from lab2prod.dataset import SplitBatches, SplitIndex, load_split
+from lab2prod.metrics import torch_top1
 from lab2prod.settings import validate_params
 from models.data import EpochBatches, ShardDataModule
+from models.networks import build_network
 from tasks.ingest import ingest
 from tests.conftest import ROOT, TINY
 
@@ -97,3 +99,19 @@ def test_ddp_two_cpu_processes_see_disjoint_halves_of_the_train_split(
     assert all(abs(len(r) - len(train) / 2) <= 1 for r in ranks)  # an even share each
     assert not set(ranks[0]) & set(ranks[1])  # disjoint
     assert sorted(ranks[0] + ranks[1]) == sorted(train)  # together exactly the train split, no repeats
+
+
+def test_scoring_streams_a_split_batch_by_batch_with_the_same_answers(prepared: Path) -> None:
+    x, y = load_split(prepared, "test")
+    batches = SplitBatches(prepared, "test", batch_size=64)
+    assert len(batches) == len(x) and np.array_equal(batches.labels, y.numpy())
+    seen = list(batches)
+    assert max(len(b) for b in seen) == 64 and torch.equal(torch.cat(seen), x)  # one batch at a time, in order
+    assert torch.equal(batches.first(7), x[:7])
+    keep = np.arange(len(x)) % 3 == 0
+    some = SplitBatches(prepared, "test", batch_size=50, keep=keep)
+    assert torch.equal(torch.cat(list(some)), x[torch.from_numpy(keep)])
+    assert np.array_equal(some.labels, y.numpy()[keep])
+    torch.manual_seed(0)
+    net = build_network("small_cnn", 1, 10, 8, 0.0, [0.3], [0.3])
+    assert np.array_equal(torch_top1(net, batches), torch_top1(net, x))

@@ -42,7 +42,12 @@ def test_model_file_is_weights_only_with_lineage(run: dict[str, Path]) -> None:
     assert payload["format"] == "lab2prod-model/1"
     net, info = load_model_file(run["model"])
     assert info.classes == [str(i) for i in range(10)] and info.image_shape == [8, 8, 1]
-    assert set(payload["info"]["lineage"]) == {"dataset_hash", "train_inputs_hash", "params_hash", "git_commit"}
+    lineage = payload["info"]["lineage"]
+    assert set(lineage) == {"dataset_hash", "train_inputs_hash", "params_hash", "git_commit"} | {
+        "weights_source",
+        "weights_sha256",
+    }
+    assert lineage["weights_source"] == "none" and lineage["weights_sha256"] is None  # random initial weights
     assert payload["spec"]["architecture"] == "small_cnn" and info.spec.n_classes == 10
     meta = json.loads((run["prepared"] / "meta.json").read_text())
     assert info.lineage.dataset_hash == meta["dataset_hash"]
