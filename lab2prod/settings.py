@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lab2prod.errors import ConfigError
 
@@ -67,10 +67,10 @@ class AugmentConfig(_Section):
     preview_images: Annotated[int, Field(ge=1, le=64)] = 8
 
 
-def check_architecture(name: str) -> None:
+def check_architecture(name: str) -> str:
     """A built-in network or a timm model name, else a ValueError saying what timm has that is close."""
     if name in BUILTIN_ARCHITECTURES:
-        return
+        return name
     import timm  # only for a timm name: validating settings stays free of torch otherwise
 
     if not timm.is_model(name):
@@ -80,6 +80,7 @@ def check_architecture(name: str) -> None:
             f"{' (timm has e.g. ' + ', '.join(close) + ')' if close else ''}; list them with: "
             "python -c \"import timm; print(timm.list_models('*mobilenet*'))\""
         )
+    return name
 
 
 class TrainConfig(_Section):
@@ -105,9 +106,10 @@ class TrainConfig(_Section):
     memory_limit_mb: Annotated[int, Field(ge=0)] = 2048
     workers: Literal["auto"] | Annotated[int, Field(ge=0, le=256)] = "auto"
 
+    _known_architecture = field_validator("architecture")(check_architecture)
+
     @model_validator(mode="after")
     def _weights_fit_the_architecture(self) -> TrainConfig:
-        check_architecture(self.architecture)
         if self.architecture in BUILTIN_ARCHITECTURES and self.pretrained not in ("none", "champion"):
             raise ValueError(
                 f"pretrained = {self.pretrained!r} needs a timm backbone; the built-in {self.architecture!r} "
@@ -156,11 +158,10 @@ class DistillConfig(_Section):
     temperature: Annotated[float, Field(gt=0.0, le=20.0)] = 4.0
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
 
-    @model_validator(mode="after")
-    def _known_student(self) -> DistillConfig:
-        if self.student_architecture != "auto":
-            check_architecture(self.student_architecture)
-        return self
+    @field_validator("student_architecture")
+    @classmethod
+    def _known_student(cls, name: str) -> str:
+        return name if name == "auto" else check_architecture(name)
 
 
 class CompressConfig(_Section):
@@ -253,8 +254,10 @@ def _describe(error: dict[str, Any], source: str) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'. Remove it or fix its spelling (see the comments in params.yaml)."
-    value = error.get("input")
-    return f"{source}: {key} = {value!r}: {error['msg']}."
+    value, message = error.get("input"), error["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a rule across a section's keys: the message names them
+        return f"{source}: {key}: {message}."
+    return f"{source}: {key} = {value!r}: {message}."
 
 
 def validate_params(raw: Any, source: str = str(PARAMS_FILE)) -> Params:
