@@ -181,6 +181,7 @@ class ExportConfig(_Section):
     benchmark_calls: Annotated[int, Field(ge=10, le=1_000_000)] = 2000
     benchmark_batch: Annotated[int, Field(ge=2, le=4096)] = 64
     benchmark_batch_calls: Annotated[int, Field(ge=5, le=100_000)] = 300
+    benchmark_seconds: Annotated[float, Field(gt=0.0)] = 300.0
 
 
 class RetrainConfig(_Section):

@@ -152,7 +152,7 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
         def student() -> VariantResult:
             d = cfg.distill
             spec = student_spec(info.spec, d, read_json(ws.prepared / "meta.json"))
-            log.info("compress: distilling into a %s student (%s) for %d epochs", spec.architecture, d.epochs, spec)
+            log.info("compress: distilling into a %s student for %d epochs", spec.architecture, d.epochs)
             L.seed_everything(cfg.seed, workers=True, verbose=False)  # the student's initial weights
             module = DistillationModule(
                 spec.build(), teacher, n_classes, lr=d.lr, weight_decay=wd, temperature=d.temperature, alpha=d.alpha

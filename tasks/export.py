@@ -129,6 +129,7 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
             cfg.benchmark_calls,
             cfg.benchmark_batch,
             cfg.benchmark_batch_calls,
+            budget_s=cfg.benchmark_seconds,
         )
         benchmark = {"machine": cpu_features(), "variants": {}}
         evaluate = read_json(ws.evaluate_metrics) if ws.evaluate_metrics.exists() else {}

@@ -95,6 +95,15 @@ def network_spec(cfg: TrainConfig, meta: dict[str, Any], weights: WeightsSource)
             mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
         if cfg.input_size == "auto":
             input_size = int(backbone["input_size"][-1])
+            if input_size != height:
+                log.info(
+                    "train: %s was pretrained at %d px: the network resizes the %d px images to that inside, "
+                    "at the compute of %d px images (set train.input_size for a smaller size)",
+                    cfg.architecture,
+                    input_size,
+                    height,
+                    input_size,
+                )
         if backbone.get("interpolation") in ("bilinear", "bicubic"):
             interpolation = backbone["interpolation"]
     return ModelSpec(

@@ -155,3 +155,29 @@ def test_a_compress_report_is_validated_when_read(tiny_run: dict[str, Path], tmp
     broken.write_text(json.dumps({"fp32": {"accuracy": "high"}, "variants": {}, "thresholds": {}}))
     with pytest.raises(DataError, match="compress.json: not a compress report"):
         CompressReport.read(broken)
+
+
+def test_the_speed_benchmark_keeps_to_its_time_budget_with_equal_rounds() -> None:
+    import time
+
+    import numpy as np
+
+    from lab2prod.serving_speed import measure
+
+    calls: dict[str, int] = {"fast": 0, "slow": 0}
+
+    def runner(name: str, seconds: float):
+        def run(x: np.ndarray) -> None:
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return run
+
+    images = np.zeros((8, 1, 4, 4), np.float32)
+    runners = {"fast": runner("fast", 0.0), "slow": runner("slow", 0.01)}
+    start = time.monotonic()
+    result = measure(runners, images, calls=2000, batch=4, batch_calls=300, block=10, warmup=2, budget_s=1.0)
+    assert time.monotonic() - start < 5  # unbudgeted, the slow runner alone would take 23 s
+    for name in runners:  # stopped between rounds: every runner got the same number of timed calls
+        assert 10 <= result[name]["calls"] < 2000 and result[name]["calls"] == result["fast"]["calls"]
+        assert 1 <= result[name]["batch_calls"] < 300 and result[name]["batch_calls"] == result["fast"]["batch_calls"]
