@@ -292,8 +292,14 @@ class SplitBatches:
         return self.images(range(min(n, len(self))))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self), self.batch_size):
-            yield self.images(range(start, min(start + self.batch_size, len(self))))
+        import torch
+
+        index = SplitIndex.read(self.prepared, self.split)  # once per pass, not per batch
+        try:
+            for start in range(0, len(self), self.batch_size):
+                yield torch.from_numpy(index.images(self.rows[start : start + self.batch_size]))
+        finally:
+            index.close()
 
 
 def in_batches(images: torch.Tensor | SplitBatches, batch_size: int = 512) -> Iterator[torch.Tensor]:
