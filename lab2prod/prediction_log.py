@@ -22,7 +22,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -46,6 +46,7 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._file: Path | None = None
+        self._handle: BinaryIO | None = None
         self._size = 0
         self._images_bytes = 0  # kept images since the last budget check
         self.written = 0
@@ -70,39 +71,44 @@ class PredictionLog:
         if not self.enabled:
             return 0
         now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        keep = [i for i in range(len(probabilities)) if self.sample >= 1 or self._rng.random() < self.sample]
+        if not keep:
+            return 0
+        # the whole batch at once: this runs on the model thread, under the GIL the event loop needs too
+        probs = probabilities[keep]
+        order = np.argsort(-probs, axis=1)[:, :top_k]
+        top = np.round(np.take_along_axis(probs, order, axis=1), 6).tolist()
+        pixels = images[keep].reshape(len(keep), -1).astype(np.float32) / np.float32(255.0)
+        means = np.round(pixels.mean(axis=1), 6).tolist()
+        stds = np.round(pixels.std(axis=1), 6).tolist()
+        height, width = int(images.shape[1]), int(images.shape[2])
         lines: list[str] = []
         kept: list[tuple[str, bytes]] = []
-        for i, p in enumerate(probabilities):
-            if self.sample < 1 and self._rng.random() >= self.sample:
-                continue
-            order = np.argsort(-p)[:top_k]
-            pixels = images[i].astype(np.float32) / 255.0
+        for row_order, row_top, mean, std, i in zip(order.tolist(), top, means, stds, keep, strict=True):
             row: dict[str, Any] = {
                 "time": now,
                 "model_version": version,
                 "model_sha256": sha256[:16],
-                "top1": classes[int(order[0])],
-                "confidence": round(float(p[order[0]]), 6),
-                "probabilities": {classes[int(k)]: round(float(p[k]), 6) for k in order},
+                "top1": classes[row_order[0]],
+                "confidence": row_top[0],
+                "probabilities": {classes[k]: q for k, q in zip(row_order, row_top, strict=True)},
                 "fingerprint": fingerprints[i],
-                "mean": round(float(pixels.mean()), 6),
-                "std": round(float(pixels.std()), 6),
-                "height": int(images.shape[1]),
-                "width": int(images.shape[2]),
+                "mean": mean,
+                "std": std,
+                "height": height,
+                "width": width,
             }
             if self.keep_images and files is not None:
                 data, ext = files[i]
                 row["image"] = f"images/{fingerprints[i]}.{ext}"
                 kept.append((row["image"], data))
             lines.append(json.dumps(row))
-        if lines:
-            self._append(lines, kept)
+        self._append(lines, kept)
         return len(lines)
 
     def _append(self, lines: list[str], kept: list[tuple[str, bytes]]) -> None:
         blob = ("\n".join(lines) + "\n").encode()
         with self._lock:
-            self.folder.mkdir(parents=True, exist_ok=True)
             for rel, data in kept:
                 target = self.folder / rel
                 if not target.exists():
@@ -111,14 +117,31 @@ class PredictionLog:
                     tmp.write_bytes(data)
                     tmp.replace(target)
                     self._images_bytes += len(data)
-            if self._file is None or self._size + self._images_bytes + len(blob) > self.file_bytes:
-                self._file = self.folder / f"{PREFIX}{_stamp()}-{socket.gethostname()}-{os.getpid()}{SUFFIX}"
-                self._size = self._images_bytes = 0
-                self._enforce_budget(len(blob))
-            with self._file.open("ab") as fh:
-                fh.write(blob)
+            if self._handle is None or self._size + self._images_bytes + len(blob) > self.file_bytes:
+                self._rotate(len(blob))
+            assert self._handle is not None
+            self._handle.write(blob)
+            self._handle.flush()  # whole lines reach the file at once: the monitor may read it any time
             self._size += len(blob)
             self.written += len(lines)
+
+    def _rotate(self, incoming: int) -> None:
+        """Close the current file and open a new one (kept open: no open/close per batch), within the budget."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file = self.folder / f"{PREFIX}{_stamp()}-{socket.gethostname()}-{os.getpid()}{SUFFIX}"
+        self._size = self._images_bytes = 0
+        self._enforce_budget(incoming)
+        self._handle = self._file.open("ab")
+
+    def close(self) -> None:
+        """Close the open log file (a new one is opened by the next record)."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
 
     def _enforce_budget(self, incoming: int) -> None:
         """Delete the oldest log files and kept images until the log plus `incoming` bytes fit the budget."""

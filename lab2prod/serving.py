@@ -30,13 +30,15 @@ import io
 import json
 import logging
 import os
+import struct
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -44,6 +46,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from lab2prod.errors import ConfigError, DataError
 from lab2prod.feedback import EXTENSIONS, add_feedback
@@ -108,11 +111,12 @@ KNOWN_PATHS = {"/predict", "/feedback", "/healthz", "/readyz", "/metrics", "/mod
 
 
 class Guard:
-    """ASGI middleware: the body-size limit (before the body is read when Content-Length says so) and the
-    request metrics (count by endpoint and status, latency)."""
+    """ASGI middleware: the body-size limit (before the body is read when Content-Length says so), the
+    request metrics (count by endpoint and status, latency), and the hot path: `/predict` goes straight to
+    `predict` (a plain ASGI handler), everything else to FastAPI."""
 
-    def __init__(self, app: Any, max_body: int, metrics: Metrics) -> None:
-        self.app, self.max_body, self.metrics = app, max_body, metrics
+    def __init__(self, app: Any, predict: Any, max_body: int, metrics: Metrics) -> None:
+        self.app, self.predict, self.max_body, self.metrics = app, predict, max_body, metrics
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -147,7 +151,7 @@ class Guard:
                         raise HTTPException(413, too_big)
                 return message
 
-            await self.app(scope, limited, send_recording)
+            await (self.predict if endpoint == "/predict" else self.app)(scope, limited, send_recording)
         finally:
             self.metrics.requests.labels(endpoint, str(status[0])).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
@@ -178,14 +182,12 @@ async def _read_images(request: Request, cfg: ServeConfig) -> list[tuple[str, by
     if content_type.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=cfg.max_images, max_fields=cfg.max_images + 16)
-        except StarletteHTTPException as exc:
-            if exc.status_code == 413:
-                raise
-            if "Too many files" in str(exc.detail):
+        except MultiPartException as exc:  # what Starlette raises outside an app's routing (PredictHandler)
+            if "Too many files" in exc.message:
                 raise HTTPException(
                     413, f"more than serve.max_images = {cfg.max_images} images in one request; split them up"
                 ) from None
-            raise HTTPException(400, f"the multipart body cannot be read: {exc.detail}") from None
+            raise HTTPException(400, f"the multipart body cannot be read: {exc.message}") from None
         parts = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
         if not parts:
             raise HTTPException(
@@ -207,12 +209,22 @@ INLINE_DECODE_PIXELS = 1_000_000
 
 def _few_pixels(parts: list[tuple[str, bytes]]) -> bool:
     """True when the images' headers say they hold under INLINE_DECODE_PIXELS pixels together (a milliseconds'
-    decode); unreadable headers count as none (decoding refuses them at once)."""
-    total = 0
-    for _, data in parts:
-        with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as img:
-            total += img.width * img.height
-    return total <= INLINE_DECODE_PIXELS
+    decode)."""
+    return sum(_header_pixels(data) for _, data in parts) <= INLINE_DECODE_PIXELS
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _header_pixels(data: bytes) -> int:
+    """Width x height as the image's header states it: read off a PNG's IHDR chunk (always the first), through
+    PIL for other formats; 0 when the header is unreadable (decoding then refuses the file at once)."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width * height
+    with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as img:
+        return img.width * img.height
+    return 0
 
 
 def _decode_all(model: ServedModel, parts: list[tuple[str, bytes]], max_pixels: int) -> tuple[np.ndarray, list[str]]:
@@ -225,6 +237,140 @@ def _decode_all(model: ServedModel, parts: list[tuple[str, bytes]], max_pixels: 
     if problems:
         raise HTTPException(422, "; ".join(problems) + ". Nothing was classified; send usable images")
     return np.stack(images), [hashlib.sha256(d).hexdigest()[:16] for _, d in parts]
+
+
+class PredictHandler:
+    """`POST /predict` as a plain ASGI handler: classify one image (raw body) or several (multipart file parts,
+    at most serve.max_images).
+
+    It skips FastAPI's routing, dependency and response layers: with a small model those cost a request more
+    than the model does, and a server's throughput is what its event loop spends per request (README,
+    "Serve it"). Errors answer `{"detail": ...}` with the status, exactly as FastAPI's do; `_document_predict`
+    puts the endpoint into the OpenAPI schema.
+    """
+
+    def __init__(self, server: Server, prediction_log: PredictionLog | None) -> None:
+        self.server, self.prediction_log = server, prediction_log
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        headers: dict[str, str] = {}
+        try:
+            if scope["method"] != "POST":
+                raise HTTPException(405, "use POST /predict with the image(s) as the body", {"allow": "POST"})
+            status, body = 200, await self._answer(Request(scope, receive), scope)
+            headers = {"x-model-version": body["model_version"]}
+        except StarletteHTTPException as exc:
+            status, body = exc.status_code, {"detail": exc.detail}
+            headers = dict(exc.headers or {})
+        except Busy as exc:
+            status, body, headers = 503, {"detail": f"server busy: {exc}; retry shortly"}, {"retry-after": "1"}
+        except Exception:
+            log.exception("POST /predict failed")
+            status, body = 500, {"detail": "internal error while classifying; see the server log"}
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _answer(self, request: Request, scope: dict) -> dict[str, Any]:
+        server, cfg = self.server, self.server.cfg
+        top_k = _top_k(scope, cfg.top_k)
+        model = server.holder.current
+        if model is None:
+            raise HTTPException(503, f"no model loaded yet: {server.holder.last_problem or 'loading'}")
+        batcher = server.batcher
+        try:
+            async with asyncio.timeout(cfg.request_timeout_s):
+                batcher.arriving += 1
+                try:
+                    parts = await _read_images(request, cfg)
+                    if _few_pixels(parts):  # small images: decoding costs less than a hop to a thread
+                        images, fingerprints = _decode_all(model, parts, cfg.max_image_pixels)
+                    else:
+                        images, fingerprints = await run_in_threadpool(_decode_all, model, parts, cfg.max_image_pixels)
+                    files = None
+                    if self.prediction_log is not None and self.prediction_log.keep_images:
+                        files = [(d, _extension(d)) for _, d in parts]
+                finally:
+                    batcher.arriving -= 1
+                probs = await batcher.submit(model, images, fingerprints, files)
+        except TimeoutError:
+            raise HTTPException(
+                504, f"not answered within serve.request_timeout_s = {cfg.request_timeout_s:g} s"
+            ) from None
+        k = min(top_k, len(model.classifier.classes))
+        order = np.argsort(-probs, axis=1)[:, :k]
+        classes = model.classifier.classes
+        return {
+            "model_version": model.version,
+            "model_sha256": model.sha256,
+            "predictions": [
+                {"name": name, "top": [{"class": classes[c], "probability": round(float(p[c]), 6)} for c in row]}
+                for (name, _), p, row in zip(parts, probs, order, strict=True)
+            ],
+        }
+
+
+def _top_k(scope: dict, default: int) -> int:
+    """The `top_k` query parameter (an integer >= 1), or the default; 422 otherwise."""
+    values = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1")).get("top_k")
+    if not values:
+        return default
+    try:
+        k = int(values[-1])
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise HTTPException(422, f"top_k = {values[-1]!r}: give a whole number of classes per image, 1 or more")
+    return k
+
+
+PREDICT_RESPONSE_REF = "#/components/schemas/PredictResponse"
+
+
+def _document_predict(app: FastAPI) -> None:
+    """Adds `POST /predict` (served by PredictHandler, not a FastAPI route) to the app's OpenAPI schema."""
+    make_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = make_schema()
+            response = PredictResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(response.pop("$defs", {}), PredictResponse=response)
+            schema["paths"]["/predict"] = {
+                "post": {
+                    "summary": "Predict",
+                    "description": PredictHandler.__doc__.split("\n\n")[0],
+                    "operationId": "predict",
+                    "parameters": [
+                        {
+                            "name": "top_k",
+                            "in": "query",
+                            "required": False,
+                            "description": "classes per image (default serve.top_k)",
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    ],
+                    **IMAGE_BODY,
+                    "responses": {
+                        "200": {
+                            "description": "top-k classes per image and the model that answered",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}
+                            },
+                        },
+                        "413": {"description": "body or image count over the limits"},
+                        "422": {"description": "bad image or top_k"},
+                        "503": {"description": "no model loaded yet, or the queue is full"},
+                        "504": {"description": "not answered within serve.request_timeout_s"},
+                    },
+                }
+            }
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -255,6 +401,8 @@ def create_app(
         for t in tasks:
             t.cancel()
         batcher.executor.shutdown(wait=True)
+        if prediction_log is not None:
+            prediction_log.close()
 
     app = FastAPI(
         title="lab2prod",
@@ -269,51 +417,6 @@ def create_app(
         if model is None:
             raise HTTPException(503, f"no model loaded yet: {holder.last_problem or 'loading'}")
         return model
-
-    @app.post(
-        "/predict",
-        response_model=PredictResponse,
-        openapi_extra=IMAGE_BODY,
-        responses={413: {"description": "body or image count over the limits"}, 422: {"description": "bad image"}},
-    )
-    async def predict(
-        request: Request, top_k: int | None = Query(None, ge=1, description="classes per image (default serve.top_k)")
-    ) -> JSONResponse:
-        """Classify one image (raw body) or several (multipart file parts, at most serve.max_images)."""
-        model = model_or_503()
-        try:
-            async with asyncio.timeout(cfg.request_timeout_s):
-                batcher.arriving += 1
-                try:
-                    parts = await _read_images(request, cfg)
-                    if _few_pixels(parts):  # small images: decoding costs less than a hop to a thread
-                        images, fingerprints = _decode_all(model, parts, cfg.max_image_pixels)
-                    else:
-                        images, fingerprints = await run_in_threadpool(_decode_all, model, parts, cfg.max_image_pixels)
-                    files = None
-                    if prediction_log is not None and prediction_log.keep_images:
-                        files = [(d, _extension(d)) for _, d in parts]
-                finally:
-                    batcher.arriving -= 1
-                probs = await batcher.submit(model, images, fingerprints, files)
-        except TimeoutError:
-            raise HTTPException(
-                504, f"not answered within serve.request_timeout_s = {cfg.request_timeout_s:g} s"
-            ) from None
-        except Busy as exc:
-            return JSONResponse({"detail": f"server busy: {exc}; retry shortly"}, 503, headers={"Retry-After": "1"})
-        k = min(top_k or cfg.top_k, len(model.classifier.classes))
-        order = np.argsort(-probs, axis=1)[:, :k]
-        classes = model.classifier.classes
-        body = {
-            "model_version": model.version,
-            "model_sha256": model.sha256,
-            "predictions": [
-                {"name": name, "top": [{"class": classes[c], "probability": round(float(p[c]), 6)} for c in row]}
-                for (name, _), p, row in zip(parts, probs, order, strict=True)
-            ],
-        }
-        return JSONResponse(body, headers={"X-Model-Version": model.version})
 
     @app.post("/feedback", status_code=201, openapi_extra=FEEDBACK_BODY)
     async def feedback(request: Request) -> JSONResponse:
@@ -387,7 +490,8 @@ def create_app(
         """Prometheus metrics (text format)."""
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Guard(app, int(cfg.max_body_mb * 2**20), metrics)
+    _document_predict(app)
+    return Guard(app, PredictHandler(server, prediction_log), int(cfg.max_body_mb * 2**20), metrics)
 
 
 def _extension(data: bytes) -> str:

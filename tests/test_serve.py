@@ -169,8 +169,24 @@ def test_a_bad_request_gets_a_4xx_that_says_why_and_the_server_answers_after(ser
 
 
 def test_bad_query_and_unknown_route_are_4xx(served: dict[str, Any]) -> None:
-    assert served["client"].post("/predict", content=digit(3), params={"top_k": 0}).status_code == 422
+    for bad in (0, -2, "three"):
+        r = served["client"].post("/predict", content=digit(3), params={"top_k": bad})
+        assert r.status_code == 422 and "top_k" in r.json()["detail"], r.text
     assert served["client"].get("/nowhere").status_code == 404
+    assert served["client"].get("/predict").status_code == 405  # only POST classifies
+
+
+def test_predict_is_in_the_openapi_schema(served: dict[str, Any]) -> None:
+    """/predict is served by a plain ASGI handler (the hot path), not a FastAPI route: its docs must still be there."""
+    schema = served["client"].get("/openapi.json").json()
+    op = schema["paths"]["/predict"]["post"]
+    assert {"multipart/form-data", "image/png", "image/jpeg"} <= set(op["requestBody"]["content"])
+    assert [p["name"] for p in op["parameters"]] == ["top_k"]
+    ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    response = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert {"model_version", "model_sha256", "predictions"} <= set(response["properties"])
+    assert "Prediction" in schema["components"]["schemas"]
+    assert "/feedback" in schema["paths"] and served["client"].get("/docs").status_code == 200
 
 
 def test_promotions_are_followed_and_a_broken_champion_is_refused(served: dict[str, Any], tmp_path: Path) -> None:
