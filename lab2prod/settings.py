@@ -90,6 +90,9 @@ class TrainConfig(_Section):
     freeze_epochs: Annotated[int, Field(ge=0, le=10_000)] = 0  # linear probe: epochs with the backbone frozen
     backbone_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # backbone lr = lr x this (head: lr)
     freeze_bn: bool = False  # keep the backbone's batch-norm statistics fixed while fine-tuning
+    layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # backbone layer k from the top: lr x this**k
+    channels_last: bool = False  # NHWC weights and inputs while training
+    compile: bool = False  # torch.compile the training step's model
     width: Annotated[int, Field(ge=4, le=512)] = 32
     dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
@@ -114,6 +117,11 @@ class TrainConfig(_Section):
             raise ValueError(
                 f"pretrained = {self.pretrained!r} needs a timm backbone; the built-in {self.architecture!r} "
                 "starts from 'none' (random) or 'champion' (the registry champion's weights)"
+            )
+        if self.layer_decay < 1.0 and self.architecture in BUILTIN_ARCHITECTURES:
+            raise ValueError(
+                f"layer_decay = {self.layer_decay:g} needs a timm backbone (its layers are grouped by timm); "
+                f"the built-in {self.architecture!r} has none: set layer_decay to 1"
             )
         if self.freeze_epochs >= self.epochs:
             raise ValueError(f"freeze_epochs = {self.freeze_epochs} leaves none of the {self.epochs} epochs to tune")

@@ -22,7 +22,12 @@ class ImageClassifier(L.LightningModule):
     Fine-tuning a pretrained network: the backbone (everything but the classifier layer) learns at
     `lr * backbone_lr_scale`; for the first `freeze_epochs` it is frozen, batch norm included (a
     linear probe: only the head learns); `freeze_bn` keeps the backbone's batch-norm statistics
-    fixed for the whole run (small batches, or data close to the pretraining data).
+    fixed for the whole run (small batches, or data close to the pretraining data); `layer_decay` < 1
+    scales each backbone layer's learning rate by layer_decay ** (its depth from the top), the layers
+    as the timm model groups them (layer-wise lr decay, as in BEiT and timm's own fine-tuning).
+
+    `channels_last` keeps weights and inputs in NHWC memory order (faster convolutions on many GPUs);
+    `compile` runs the network through torch.compile (README "Figures" has what both do here).
     """
 
     def __init__(
@@ -35,10 +40,15 @@ class ImageClassifier(L.LightningModule):
         backbone_lr_scale: float = 1.0,
         freeze_epochs: int = 0,
         freeze_bn: bool = False,
+        layer_decay: float = 1.0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "student", "teacher"])  # modules travel in the state dict
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        if compile:  # the network only, in place: its state dict keeps its names; metrics and logging stay eager
+            self.net.compile()
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=n_classes)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=n_classes)
@@ -60,6 +70,8 @@ class ImageClassifier(L.LightningModule):
                     module.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def training_loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -84,16 +96,15 @@ class ImageClassifier(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         head = {id(p) for p in classifier_layer(self.net).parameters()}
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        depth_scale = layer_lr_scales(self.net, hp.layer_decay)
+        groups: dict[tuple[bool, bool, float], list[nn.Parameter]] = {}
         for p in self.net.parameters():  # a frozen teacher (distillation) is outside self.net: not optimised
-            groups.setdefault((id(p) in head, p.ndim <= 1), []).append(p)  # no weight decay on norms, biases
+            is_head = id(p) in head
+            scale = 1.0 if is_head else hp.backbone_lr_scale * depth_scale.get(id(p), 1.0)
+            groups.setdefault((is_head, p.ndim <= 1, scale), []).append(p)  # no weight decay on norms, biases
         param_groups = [
-            {
-                "params": ps,
-                "lr": hp.lr * (1.0 if is_head else hp.backbone_lr_scale),
-                "weight_decay": 0.0 if no_decay else hp.weight_decay,
-            }
-            for (is_head, no_decay), ps in sorted(groups.items())
+            {"params": ps, "lr": hp.lr * scale, "weight_decay": 0.0 if no_decay else hp.weight_decay}
+            for (_, no_decay, scale), ps in sorted(groups.items())
         ]
         optimizer = torch.optim.AdamW(param_groups, lr=hp.lr)
         # OneCycleLR divides by its warm-up length (0.25 * steps - 1): under 8 steps (a tiny data set) that
@@ -103,6 +114,21 @@ class ImageClassifier(L.LightningModule):
             optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=steps, pct_start=0.25
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def layer_lr_scales(net: nn.Module, layer_decay: float) -> dict[int, float]:
+    """id(parameter) -> layer_decay ** (layers between it and the top) for a timm backbone (its own
+    `group_matcher` says which parameters form a layer); {} when layer_decay is 1."""
+    if layer_decay == 1.0:
+        return {}
+    body = net[1]
+    if not hasattr(body, "group_matcher"):
+        raise ValueError(f"layer-wise lr decay needs a timm backbone; {type(body).__name__} has no layer groups")
+    from timm.models import group_parameters
+
+    layer_of = group_parameters(body, body.group_matcher(coarse=False), reverse=True)  # name -> layer id
+    top = max(layer_of.values())
+    return {id(p): layer_decay ** (top - layer_of.get(name, top)) for name, p in body.named_parameters()}
 
 
 class DistillationModule(ImageClassifier):

@@ -58,7 +58,7 @@ def save_model_file(path: Path | str, net: nn.Module, info: ModelInfo) -> None:
         "format": FORMAT,
         "spec": info.spec.model_dump(),
         "info": info.model_dump(exclude={"spec"}),
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},  # NCHW order
     }
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)

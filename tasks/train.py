@@ -161,7 +161,18 @@ def build_classifier(cfg: TrainConfig, net: nn.Module, n_classes: int) -> ImageC
         backbone_lr_scale=cfg.backbone_lr_scale,
         freeze_epochs=cfg.freeze_epochs,
         freeze_bn=cfg.freeze_bn,
+        layer_decay=cfg.layer_decay,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
     )
+
+
+def linear_probe_strategy(cfg: TrainConfig) -> dict[str, Any]:
+    """DDP's strategy told to expect parameters without gradients, when a linear probe freezes the backbone
+    on more than one device (plain DDP stops at the first step that leaves a parameter without one)."""
+    gpus = torch.cuda.device_count() if cfg.accelerator in ("auto", "gpu", "cuda") else 0
+    processes = cfg.devices if isinstance(cfg.devices, int) else max(gpus, 1)
+    return {"strategy": "ddp_find_unused_parameters_true"} if cfg.freeze_epochs and processes > 1 else {}
 
 
 def initial_network(params: Params, meta: dict[str, Any], scratch: Path) -> tuple[ModelSpec, nn.Module, WeightsSource]:
@@ -198,7 +209,7 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     model = build_classifier(cfg, net, spec.n_classes)
     data = datamodule(params, ws, cfg.seed)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
-    overrides = dict(trainer_overrides or {})
+    overrides = {**linear_probe_strategy(cfg), **(trainer_overrides or {})}
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=cfg.patience)
     trainer = make_trainer(
         cfg.epochs,
@@ -212,6 +223,8 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
         default_root_dir=str(ws.train_dir),
         **overrides,
     )
+    if cfg.compile:
+        log.info("train: torch.compile: the first steps of each input shape compile, later ones run compiled")
     trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
 
     if trainer.global_rank != 0:  # under DDP only rank 0 writes the model file

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import onnx
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from lab2prod.errors import ConfigError, DataError
@@ -195,3 +199,86 @@ def test_a_pretrained_timm_backbone_runs_the_whole_dag_with_a_linear_probe_first
     assert f"timm `{BACKBONE}`" in card and sha256_file(path) in card
     metadata = {p.key: p.value for p in onnx.load(ws.exported / "model.onnx").metadata_props}
     assert metadata["weights_source"] == str(path)
+
+
+class OptimizerProbe(L.Callback):
+    """Records the learning rate of each parameter (by name) and whether the conv weights are NHWC in training."""
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        by_id = {id(p): name for name, p in module.net.named_parameters()}
+        self.lr = {by_id[id(p)]: g["max_lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+        convs = [m.weight for m in module.net.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.ndim == 4]
+        self.nhwc = all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+def test_layer_wise_lr_decay_follows_the_timm_layer_groups_and_channels_last_trains(
+    tiny_run: dict[str, Any], tmp_path: Path
+) -> None:
+    from timm.models import group_parameters
+
+    params = settings(
+        architecture=BACKBONE, input_size=16, epochs=1, backbone_lr_scale=0.5, layer_decay=0.5, channels_last=True
+    )
+    ws = dataclasses.replace(
+        tiny_run["ws"],
+        **{
+            f.name: tmp_path / f.name
+            for f in dataclasses.fields(tiny_run["ws"])
+            if f.name not in ("prepared", "augmented")
+        },
+    )
+    probe = OptimizerProbe()
+    train(params, ws, trainer_overrides={"callbacks": [probe]})
+    lr = params.train.lr
+    assert probe.nhwc
+    assert probe.lr["1.classifier.weight"] == pytest.approx(lr)  # the head: the full lr
+    net, _ = load_model_file(ws.model)
+    body = net[1]
+    layer_of = group_parameters(body, body.group_matcher(coarse=False), reverse=True)
+    top = max(layer_of.values())
+    for name, _ in body.named_parameters():
+        if not name.startswith("classifier."):
+            assert probe.lr[f"1.{name}"] == pytest.approx(lr * 0.5 * 0.5 ** (top - layer_of[name])), name
+    assert probe.lr["1.conv_stem.weight"] < probe.lr["1.conv_head.weight"] <= lr * 0.5  # deeper = closer to lr
+    with pytest.raises(ConfigError, match="layer_decay = 0.7 needs a timm backbone"):
+        settings(architecture="small_cnn", layer_decay=0.7)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_and_writes_a_plain_model_file(tiny_run: dict[str, Any], tmp_path: Path) -> None:
+    params = settings(epochs=1, compile=True)
+    ws = dataclasses.replace(
+        tiny_run["ws"],
+        **{
+            f.name: tmp_path / f.name
+            for f in dataclasses.fields(tiny_run["ws"])
+            if f.name not in ("prepared", "augmented")
+        },
+    )
+    # one batch each way: every new input shape is another compilation (about 30 s each on 2 CPU cores)
+    summary = train(params, ws, trainer_overrides={"limit_train_batches": 1, "limit_val_batches": 1})
+    assert summary["epochs"] == 1
+    net, info = load_model_file(ws.model)  # the module's own parameter names, no torch.compile wrapper in them
+    assert not any("_orig_mod" in k for k in torch.load(ws.model, weights_only=True)["state_dict"])
+    x = torch.rand(4, 1, 8, 8)
+    assert net.eval()(x).shape == (4, 10)
+
+
+@pytest.mark.slow
+def test_a_linear_probe_trains_under_ddp_with_two_cpu_processes(tiny_run: dict[str, Any], tmp_path: Path) -> None:
+    """Plain DDP stops at the first step that leaves a parameter without a gradient, which a frozen backbone does;
+    `python -m tasks.train` on 2 CPU processes (gloo) with a linear-probe epoch must train both phases."""
+    raw = copy.deepcopy(TINY)
+    raw["train"].update(epochs=2, freeze_epochs=1, devices=2, accelerator="cpu", loader="memory")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "data").mkdir()
+    for name in ("prepared", "augmented"):
+        (tmp_path / "data" / name).symlink_to(tiny_run[name], target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "backbone unfrozen at epoch 2" in done.stderr
+    net, info = load_model_file(tmp_path / "artifacts/train/model.pt")
+    assert info.epochs_trained == 2
