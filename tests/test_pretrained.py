@@ -42,6 +42,12 @@ def settings(**train: Any) -> Any:
     return validate_params(raw)
 
 
+def own_outputs(base: Any, folder: Path) -> Any:
+    """A workspace reading `base`'s prepared data and augmentation policy, writing everything else in `folder`."""
+    mine = [f.name for f in dataclasses.fields(base) if f.name not in ("prepared", "augmented")]
+    return dataclasses.replace(base, **{name: folder / name for name in mine})
+
+
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A timm backbone's weights (RGB, 1000 classes) as a safetensors file."""
@@ -176,11 +182,7 @@ def test_a_pretrained_timm_backbone_runs_the_whole_dag_with_a_linear_probe_first
         architecture=BACKBONE, pretrained=str(path), input_size=16, epochs=2, freeze_epochs=1, backbone_lr_scale=0.1
     )
     params = validate_params(raw)
-    base = tiny_run["ws"]  # read its prepared data and policy; write everything else here
-    ws = dataclasses.replace(
-        base,
-        **{f.name: tmp_path / f.name for f in dataclasses.fields(base) if f.name not in ("prepared", "augmented")},
-    )
+    ws = own_outputs(tiny_run["ws"], tmp_path)
     probe = FreezeProbe()
     train(params, ws, trainer_overrides={"callbacks": [probe]})
     (frozen_backbone, frozen_head, _), (tuned_backbone, _, _) = probe.moved
@@ -219,14 +221,7 @@ def test_layer_wise_lr_decay_follows_the_timm_layer_groups_and_channels_last_tra
     params = settings(
         architecture=BACKBONE, input_size=16, epochs=1, backbone_lr_scale=0.5, layer_decay=0.5, channels_last=True
     )
-    ws = dataclasses.replace(
-        tiny_run["ws"],
-        **{
-            f.name: tmp_path / f.name
-            for f in dataclasses.fields(tiny_run["ws"])
-            if f.name not in ("prepared", "augmented")
-        },
-    )
+    ws = own_outputs(tiny_run["ws"], tmp_path)
     probe = OptimizerProbe()
     train(params, ws, trainer_overrides={"callbacks": [probe]})
     lr = params.train.lr
@@ -247,14 +242,7 @@ def test_layer_wise_lr_decay_follows_the_timm_layer_groups_and_channels_last_tra
 @pytest.mark.slow
 def test_torch_compile_trains_and_writes_a_plain_model_file(tiny_run: dict[str, Any], tmp_path: Path) -> None:
     params = settings(epochs=1, compile=True)
-    ws = dataclasses.replace(
-        tiny_run["ws"],
-        **{
-            f.name: tmp_path / f.name
-            for f in dataclasses.fields(tiny_run["ws"])
-            if f.name not in ("prepared", "augmented")
-        },
-    )
+    ws = own_outputs(tiny_run["ws"], tmp_path)
     # one batch each way: every new input shape is another compilation (about 30 s each on 2 CPU cores)
     summary = train(params, ws, trainer_overrides={"limit_train_batches": 1, "limit_val_batches": 1})
     assert summary["epochs"] == 1
