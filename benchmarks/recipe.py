@@ -6,6 +6,7 @@ and changes only what its name says:
 
 - `default`: params.yaml as it is (online augmentation, one-cycle AdamW, early stopping).
 - `plain cnn`: the first version's recipe: `small_cnn`, 5 epochs, no augmentation.
+- `epochs_30`: the default recipe with 30 epochs (the default until 2026-12-02).
 - `channels_last`, `compile`: the default recipe with `train.channels_last` / `train.compile` on.
 
     python -m benchmarks.recipe --seeds 3                                  # the embedded digits
@@ -53,6 +54,7 @@ NO_AUGMENTATION = {
 ARMS: dict[str, dict[str, Any]] = {
     "default": {},
     "plain_cnn": {"train.architecture": "small_cnn", "train.epochs": 5, **NO_AUGMENTATION},
+    "epochs_30": {"train.epochs": 30},  # the default before 2026-12-02
     "channels_last": {"train.channels_last": True},
     "compile": {"train.compile": True},
 }

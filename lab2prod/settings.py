@@ -95,7 +95,7 @@ class TrainConfig(_Section):
     compile: bool = False  # torch.compile the training step's model
     width: Annotated[int, Field(ge=4, le=512)] = 32
     dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 10
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 3e-3
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 5e-4
