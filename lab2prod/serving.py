@@ -188,7 +188,10 @@ async def _read_images(request: Request, cfg: ServeConfig) -> list[tuple[str, by
                     413, f"more than serve.max_images = {cfg.max_images} images in one request; split them up"
                 ) from None
             raise HTTPException(400, f"the multipart body cannot be read: {exc.message}") from None
-        parts = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        try:
+            parts = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        finally:
+            await form.close()  # large parts spill to temporary files: release them now, not at garbage collection
         if not parts:
             raise HTTPException(
                 422, "no image file in the form: send each image as a file part, e.g. curl -F files=@digit.png URL"
