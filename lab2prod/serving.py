@@ -47,6 +47,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from lab2prod.errors import ConfigError, DataError
 from lab2prod.feedback import EXTENSIONS, add_feedback
@@ -267,6 +268,8 @@ class PredictHandler:
             headers = dict(exc.headers or {})
         except Busy as exc:
             status, body, headers = 503, {"detail": f"server busy: {exc}; retry shortly"}, {"retry-after": "1"}
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            return
         except Exception:
             log.exception("POST /predict failed")
             status, body = 500, {"detail": "internal error while classifying; see the server log"}
