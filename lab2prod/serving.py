@@ -282,9 +282,7 @@ class PredictHandler:
     async def _answer(self, request: Request, scope: dict) -> dict[str, Any]:
         server, cfg = self.server, self.server.cfg
         top_k = _top_k(scope, cfg.top_k)
-        model = server.holder.current
-        if model is None:
-            raise HTTPException(503, f"no model loaded yet: {server.holder.last_problem or 'loading'}")
+        model = _model_or_503(server.holder)
         batcher = server.batcher
         try:
             async with asyncio.timeout(cfg.request_timeout_s):
@@ -316,6 +314,14 @@ class PredictHandler:
                 for (name, _), p, row in zip(parts, probs, order, strict=True)
             ],
         }
+
+
+def _model_or_503(holder: ModelHolder) -> ServedModel:
+    """The model being served; 503 saying why when none is loaded yet."""
+    model = holder.current
+    if model is None:
+        raise HTTPException(503, f"no model loaded yet: {holder.last_problem or 'loading'}")
+    return model
 
 
 def _top_k(scope: dict, default: int) -> int:
@@ -363,9 +369,7 @@ def _document_predict(app: FastAPI) -> None:
                     "responses": {
                         "200": {
                             "description": "top-k classes per image and the model that answered",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}
-                            },
+                            "content": {"application/json": {"schema": {"$ref": PREDICT_RESPONSE_REF}}},
                         },
                         "413": {"description": "body or image count over the limits"},
                         "422": {"description": "bad image or top_k"},
@@ -418,12 +422,6 @@ def create_app(
     )
     app.state.server = server
 
-    def model_or_503() -> ServedModel:
-        model = holder.current
-        if model is None:
-            raise HTTPException(503, f"no model loaded yet: {holder.last_problem or 'loading'}")
-        return model
-
     @app.post("/feedback", status_code=201, openapi_extra=FEEDBACK_BODY)
     async def feedback(request: Request) -> JSONResponse:
         """A labelled correction: `image` (file) and `label` (one of the model's classes) as multipart form fields."""
@@ -471,7 +469,7 @@ def create_app(
     @app.get("/readyz", responses={503: {"description": "no model loaded"}})
     async def readyz() -> dict[str, str]:
         """A model is loaded and requests are answered (readiness)."""
-        model = model_or_503()
+        model = _model_or_503(holder)
         return {"status": "ready", "model_version": model.version}
 
     @app.get("/model")

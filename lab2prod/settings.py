@@ -92,7 +92,7 @@ class TrainConfig(_Section):
     freeze_bn: bool = False  # keep the backbone's batch-norm statistics fixed while fine-tuning
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # backbone layer k from the top: lr x this**k
     channels_last: bool = True  # NHWC weights and inputs while training (measured faster: benchmarks/recipe.py)
-    compile: bool = False  # torch.compile the training step's model
+    compile: bool = False  # torch.compile the network (in place) for training
     width: Annotated[int, Field(ge=4, le=512)] = 32
     dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 10
