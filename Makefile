@@ -1,25 +1,42 @@
 # Two commands do all set-up on a fresh clone:  `make pipeline`  and  `make test`.
-# Both create the virtual environment first if it is missing (or pyproject.toml changed).
+# Both create the virtual environment first if it is missing (or pyproject.toml or the lock changed),
+# from requirements.lock: the exact files, by sha256, that the suite passed with. `make lock` re-resolves.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+PIP    := $(BIN)/pip --disable-pip-version-check
 # Stage commands in dvc.yaml say `python -m tasks.<stage>`: make them find the venv's python.
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup pipeline serve test test-fast lint format bench clean prefect-server prefect-deploy prefect-worker prefect-run
+.PHONY: help setup lock pipeline serve test test-fast lint format bench clean prefect-server prefect-deploy prefect-worker prefect-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --progress-bar off --upgrade pip
-	$(BIN)/pip install --progress-bar off -e '.[dev]'
+	$(PIP) install --quiet --progress-bar off --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install --quiet --progress-bar off --no-deps --no-build-isolation -e .
+	@$(PIP) check || { echo "requirements.lock does not satisfy pyproject.toml: run 'make lock'"; exit 1; }
 	touch $@
 
-setup: $(STAMP)  ## create .venv with everything the project needs
+setup: $(STAMP)  ## create .venv with exactly the locked versions (requirements.lock)
+
+LOCKVENV := .venv-lock
+
+lock:  ## re-resolve every dependency afresh, run the whole suite on it, and only if it passes rewrite the lock
+	rm -rf $(LOCKVENV)
+	$(PYTHON) -m venv $(LOCKVENV)
+	$(LOCKVENV)/bin/pip install --progress-bar off --report $(LOCKVENV)/report.json -e '.[dev]' pip
+	touch $(LOCKVENV)/.installed
+	$(MAKE) test VENV=$(LOCKVENV)
+	$(LOCKVENV)/bin/python .ci/lock.py $(LOCKVENV)/report.json > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	@echo "$(LOCK) rewritten from a passing suite; 'git diff $(LOCK)' shows what moved. Rebuild .venv with 'make setup'."
 
 pipeline: $(STAMP)  ## run the whole DAG on the default data (`lab2prod run` = dvc repro)
 	$(RUN) $(BIN)/lab2prod run

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from lab2prod.cli import parse_overrides
+from lab2prod.cli_options import parse_overrides
 from lab2prod.console import setup_logging
 from lab2prod.files import read_json
 from lab2prod.layout import Workspace

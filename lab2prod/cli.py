@@ -10,11 +10,14 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import yaml
 
+from lab2prod.cli_options import SetOpt, parse_overrides
+from lab2prod.cli_prefect import app as prefect_app
+from lab2prod.cli_prefect import server_url, use_prefect
 from lab2prod.cli_registry import app as registry_app
 from lab2prod.cli_registry import registry_location
 from lab2prod.console import stage_entry
@@ -34,38 +37,7 @@ app = typer.Typer(
     "root (where dvc.yaml and params.yaml are).",
 )
 app.add_typer(registry_app, name="registry")
-prefect_app = typer.Typer(
-    help="Run the pipeline from Prefect: a local server, deployments, a worker, a run.",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="markdown",
-)
 app.add_typer(prefect_app, name="prefect")
-
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        "-S",
-        metavar="KEY=VALUE",
-        help="Change a setting for this run only, e.g. -S train.epochs=5 (repeatable; values are YAML).",
-    ),
-]
-ParamsOpt = Annotated[Path, typer.Option(help="Settings file.")]
-
-
-def parse_overrides(pairs: list[str] | None, params_file: Path = Path("params.yaml")) -> dict[str, Any]:
-    """`["train.epochs=5"]` -> `{"train.epochs": 5}`, validated against the settings file first."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
-        overrides[key.strip()] = yaml.safe_load(value)
-    if overrides:
-        raw = yaml.safe_load(params_file.read_text()) if params_file.exists() else {}
-        validate_params(apply_overrides(raw or {}, overrides), f"{params_file} with --set {' '.join(pairs or [])}")
-    return overrides
 
 
 @app.command()
@@ -91,6 +63,7 @@ def run(
     if prefect:
         if stages or force:
             raise ConfigError("--prefect runs every stage through DVC; it takes no STAGE and no --force")
+        use_prefect()
         from flows.pipeline import training_pipeline
 
         training_pipeline(overrides=overrides or None)
@@ -161,6 +134,7 @@ def retrain(set_: SetOpt = None) -> None:
     it beats the champion (the `scheduled-retrain` flow, without a deployment)."""
     overrides = parse_overrides(set_)
     load_params()  # fail on bad settings before Prefect starts
+    use_prefect()
     from flows.retrain import scheduled_retrain
 
     sys.stdout.write(json.dumps(scheduled_retrain(overrides=overrides or None), indent=2) + "\n")
@@ -263,67 +237,13 @@ def monitor(
     from lab2prod import monitoring
 
     if trigger:
+        server_url()
         from flows.monitor import drift_monitor
 
         report = drift_monitor()
     else:
         report = monitoring.check(load_params(), Path.cwd())
     sys.stdout.write(monitoring.markdown(report) + "\n")
-
-
-POOL = "lab2prod-process"
-
-
-@prefect_app.command("server")
-def prefect_server(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
-    """Start a local Prefect server (SQLite in ~/.prefect); the UI is on http://127.0.0.1:PORT."""
-    raise typer.Exit(
-        subprocess.call(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-        )
-    )
-
-
-@prefect_app.command("deploy")
-@stage_entry
-def prefect_deploy(
-    pool: Annotated[str, typer.Option(help="Process work pool to create or reuse.")] = POOL,
-    concurrency: Annotated[int, typer.Option(help="Flow runs at once in the pool.")] = 1,
-) -> None:
-    """Create the work pool (if missing) and register prefect.yaml's deployments with PREFECT_API_URL's server."""
-    from flows.deploy import register_deployments
-
-    register_deployments(pool, concurrency)
-
-
-@prefect_app.command("worker")
-@stage_entry
-def prefect_worker(pool: Annotated[str, typer.Option(help="Work pool to take flow runs from.")] = POOL) -> None:
-    """Register the deployments, then run their flow runs on this machine until stopped."""
-    from flows.deploy import register_deployments
-
-    register_deployments(pool, 1)
-    raise typer.Exit(
-        subprocess.call([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool], env=dvc_env())
-    )
-
-
-@prefect_app.command("run")
-@stage_entry
-def prefect_run(
-    deployment: Annotated[
-        str, typer.Argument(help="training-pipeline, scheduled-retrain or drift-monitor.")
-    ] = "training-pipeline",
-    set_: SetOpt = None,
-    watch: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
-) -> None:
-    """Start a run of a deployment on the server (a worker must be running) and follow it."""
-    if deployment not in ("training-pipeline", "scheduled-retrain", "drift-monitor"):
-        raise ConfigError(f"deployment {deployment!r}: choose training-pipeline, scheduled-retrain or drift-monitor")
-    overrides = parse_overrides(set_)
-    cmd = [sys.executable, "-m", "prefect", "deployment", "run", f"{deployment}/{deployment}"]
-    cmd += ["-p", f"overrides={json.dumps(overrides)}"] if overrides else []
-    raise typer.Exit(subprocess.call(cmd + (["--watch"] if watch else [])))
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", handlers=[handler], force=True)
+    for chatty in ("httpx", "httpcore"):  # one INFO line per HTTP request Prefect's client makes
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def stage_entry(fn: Callable[P, R]) -> Callable[P, R]:

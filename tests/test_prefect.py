@@ -8,10 +8,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY
+from tests.prefect_server import prefect_server
 from tests.sandbox import commit, make_project, project_env, sh, write_params
 
 pytestmark = pytest.mark.slow
@@ -30,46 +29,12 @@ RUN = "training-pipeline/training-pipeline"
 LEAN = {"compress": {**TINY["compress"], "sparse": {"enabled": False}, "int8": {"enabled": False}}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A Prefect server on 127.0.0.1 with its own home and SQLite database, for this module."""
-    home = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    env = {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-    }
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=project_env(home, **env),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None, (home / "server.log").read_text()
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("the Prefect server did not come up in 120 s")
-    yield env
-    server.terminate()
-    server.wait(timeout=30)
+    """A Prefect server on 127.0.0.1 with its own home and SQLite database, for this module; its scheduler
+    is off (the deployments' crons must not start runs mid-test: tests/test_schedules.py tests them)."""
+    with prefect_server(tmp_path_factory.mktemp("prefect"), scheduler=False) as env:
+        yield env
 
 
 @pytest.fixture
@@ -191,13 +156,6 @@ def test_two_runs_at_once_both_end_well_and_the_workspace_is_intact(deployed: tu
     # one ran the stages, the other found nothing to do: they did not interleave
     ran = ["Running stage 'train'" in logs(repo, env, r) for r in (first, second)]
     assert sorted(ran) == [False, True]
-
-
-def test_scheduled_deployment_has_its_cron(deployed: tuple[Path, dict[str, str]]) -> None:
-    repo, env = deployed
-    out = sh(repo, "prefect", "deployment", "inspect", "scheduled-retrain/scheduled-retrain", env=env).stdout
-    cron = yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"][1]["schedules"][0]["cron"]
-    assert f"'cron': '{cron}'" in out and "'collision_strategy': 'ENQUEUE'" in out
 
 
 RETRAIN = "scheduled-retrain/scheduled-retrain"
