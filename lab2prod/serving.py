@@ -9,8 +9,8 @@
 Micro-batching: every image waits at most `serve.max_wait_ms` for others to share one model call of at most
 `serve.max_batch` images; one thread runs the model while the event loop reads and decodes the next requests.
 
-Hot reload: every `serve.reload_interval_s` the champion pointer (registry champion.json, local or on object
-storage) is read; a new model is downloaded, its sha256 checked against the pointer, opened, given a smoke
+Hot reload: every `serve.reload_interval_s` the champion pointer (the highest record in the registry's
+pointers/, local or on object storage) is read; a new model is downloaded, its sha256 checked against the pointer, opened, given a smoke
 prediction, and only then swapped in (one reference assignment). A request keeps the model it started with.
 A file that fails any check is refused (log line, `lab2prod_model_reloads_total{result="refused"}`) and
 the previous model keeps serving; the same pointer is not retried until it changes.
