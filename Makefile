@@ -11,7 +11,7 @@ PIP    := $(BIN)/pip --disable-pip-version-check
 # Stage commands in dvc.yaml say `python -m tasks.<stage>`: make them find the venv's python.
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup lock pipeline serve test test-fast lint format bench clean prefect-server prefect-deploy prefect-worker prefect-run
+.PHONY: help setup lock docs pipeline serve test test-fast lint format bench clean prefect-server prefect-deploy prefect-worker prefect-run
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,8 +44,11 @@ pipeline: $(STAMP)  ## run the whole DAG on the default data (`lab2prod run` = d
 serve: $(STAMP)  ## serve the registry's champion on http://127.0.0.1:8000 (`lab2prod serve`)
 	$(RUN) $(BIN)/lab2prod serve
 
-test: lint  ## lint, then the full test suite (unit, data, model, layout, real DVC and Prefect)
-	$(RUN) $(BIN)/pytest
+test: lint docs  ## lint, the docs build, then the full suite in a shuffled order (it prints the seed to replay it)
+	$(RUN) $(BIN)/pytest --random-order-bucket=module
+
+docs: $(STAMP)  ## build docs/ into site/ with MkDocs (strict: a broken link or anchor fails the build)
+	$(BIN)/mkdocs build --strict --quiet
 
 test-fast: $(STAMP)  ## the suite without the slow pipeline tests
 	$(RUN) $(BIN)/pytest -m "not slow"

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
-from lab2prod.console import setup_logging
-from lab2prod.layout import Workspace
-from lab2prod.machine import describe_machine as hardware
-from lab2prod.settings import apply_overrides, load_params, validate_params
+from lab2prod.core.console import setup_logging
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import load_params
+from models.export.machine import describe_machine as hardware
 from tasks.augment import augment
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
@@ -31,8 +30,7 @@ from tasks.train import train
 
 
 def one_seed(seed: int, params_file: Path, work: Path) -> dict:
-    raw = yaml.safe_load(params_file.read_text())
-    params = validate_params(apply_overrides(raw, {"ingest.seed": seed, "augment.seed": seed, "train.seed": seed}))
+    params = load_params(params_file, {"ingest.seed": seed, "augment.seed": seed, "train.seed": seed})
     ws = Workspace.under(work / f"seed{seed}")
     start = time.perf_counter()
     ingest(params.ingest, ws.prepared)

@@ -23,17 +23,17 @@ import torch
 import typer
 from torch import nn
 
-from lab2prod.dataset import load_split, to_model_input
-from lab2prod.files import read_json
-from lab2prod.layout import Workspace
-from lab2prod.machine import describe_machine as hardware
-from lab2prod.settings import load_params
-from models.data import ArrayBatches, EpochBatches, ShardDataModule
-from models.networks import ModelSpec
-from models.trainer import make_trainer
+from lab2prod.core.files import read_json
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import load_params
+from models.export.machine import describe_machine as hardware
+from models.nets.inputs import load_split, to_model_input
+from models.nets.networks import ModelSpec
+from models.training.data import ArrayBatches, EpochBatches, ShardDataModule
+from models.training.recipe import build_classifier, network_spec
+from models.training.trainer import make_trainer
 from tasks.augment import augment
 from tasks.ingest import ingest
-from tasks.train import build_classifier, network_spec
 
 
 def lightning_epoch(spec: ModelSpec, ws: Workspace, params) -> float:

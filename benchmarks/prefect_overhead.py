@@ -23,9 +23,9 @@ from typing import Annotated
 import typer
 import yaml
 
-from lab2prod.dvc_cmd import dvc_env
-from lab2prod.machine import describe_machine as hardware
-from lab2prod.settings import apply_overrides, validate_params
+from lab2prod.core.dvc import dvc_env
+from lab2prod.core.settings import apply_overrides, validate_params
+from models.export.machine import describe_machine as hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 # 'tiny': every stage runs, each in seconds (8x8 images, 2 epochs, narrow nets, short benchmarks).

@@ -30,12 +30,12 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from lab2prod.cli_options import parse_overrides
-from lab2prod.console import setup_logging
-from lab2prod.files import read_json
-from lab2prod.layout import Workspace
-from lab2prod.machine import describe_machine
-from lab2prod.settings import apply_overrides, validate_params
+from lab2prod.cli.options import parse_overrides
+from lab2prod.core.console import setup_logging
+from lab2prod.core.files import read_json
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import apply_overrides, validate_params
+from models.export.machine import describe_machine
 from tasks.augment import augment
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest

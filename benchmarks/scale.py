@@ -26,8 +26,8 @@ import typer
 import yaml
 
 from benchmarks.synthetic import make_folder
-from lab2prod.machine import describe_machine as hardware
-from lab2prod.settings import apply_overrides, validate_params
+from lab2prod.core.settings import apply_overrides, validate_params
+from models.export.machine import describe_machine as hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "augment", "train", "evaluate")

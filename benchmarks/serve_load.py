@@ -32,9 +32,9 @@ import typer
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lab2prod.layout import WORKSPACE
-from lab2prod.machine import describe_machine
-from lab2prod.registry import register, set_champion
+from lab2prod.core.layout import WORKSPACE
+from lab2prod.registry.store import register, set_champion
+from models.export.machine import describe_machine
 
 
 def free_port() -> int:
@@ -61,7 +61,16 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         sets = [a for k, v in settings.items() for a in ("-S", f"serve.{k}={v}")]
-        cmd = [sys.executable, "-m", "lab2prod.cli", "serve", "--registry", str(registry), "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lab2prod.cli.main",
+            "serve",
+            "--registry",
+            str(registry),
+            "--port",
+            str(self.port),
+        ]
         self.log = (work / f"server-{self.port}.log").open("w")
         self.proc = subprocess.Popen(cmd + sets, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -216,7 +225,7 @@ def promotion_check(r: dict[str, Any], promoted: list[tuple[float, str]], settle
 
 def model_only(onnx_file: Path, size: int, channels: int, batch: int) -> dict[str, float]:
     """ONNX Runtime alone, no HTTP: ms per image at batch 1 and at `batch` (what batching can save at most)."""
-    from lab2prod.runtime import session
+    from lab2prod.serve.runtime import session
 
     sess = session(onnx_file)
     out = {}

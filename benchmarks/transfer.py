@@ -11,7 +11,7 @@
    once from the champion's weights (the code path of `train.pretrained: champion`) for a third (or
    less) of the epochs, once from random weights for all of them. Both scored on the same test images.
 
-Networks are built by `tasks.train.initial_network` and trained by the project's ImageClassifier
+Networks are built by `models.training.recipe.initial_network` and trained by the project's ImageClassifier
 (one-cycle AdamW, linear probe, backbone learning rate) through the project's Trainer set-up, from
 in-memory tensors (no augmentation in either arm: the comparison is about the weights).
 
@@ -35,12 +35,12 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
-from lab2prod.machine import describe_machine
-from lab2prod.settings import validate_params
-from models.classifier import ImageClassifier
-from models.networks import backbone_config, transfer_weights
-from models.trainer import make_trainer
-from tasks.train import initial_network
+from lab2prod.core.settings import validate_params
+from models.export.machine import describe_machine
+from models.nets.networks import backbone_config, transfer_weights
+from models.training.classifier import ImageClassifier
+from models.training.recipe import initial_network
+from models.training.trainer import make_trainer
 
 SIZE = 16  # digits are 8 x 8; ingest's default resizes them to 16 x 16
 OLD_SHARE = 0.5  # warm start: the champion saw this share of the training images, the retrain sees all

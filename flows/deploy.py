@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from lab2prod.console import setup_logging
+from lab2prod.core.console import setup_logging
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 log = logging.getLogger("flows.deploy")

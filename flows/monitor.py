@@ -1,5 +1,5 @@
 """The drift monitor: compare what the served champion sees with its test split, count new feedback, and
-start the `scheduled-retrain` deployment when either says so (lab2prod/monitoring.py has the rules).
+start the `scheduled-retrain` deployment when either says so (lab2prod/monitor/check.py has the rules).
 
     lab2prod monitor                                     # one check here; prints the report
     prefect deployment run 'drift-monitor/drift-monitor'  # through the deployment (hourly by prefect.yaml)
@@ -20,9 +20,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.pipeline import PROJECT_DIR
-from lab2prod import monitoring
-from lab2prod.errors import ConfigError
-from lab2prod.settings import load_params
+from lab2prod.core.errors import ConfigError
+from lab2prod.core.settings import load_params
+from lab2prod.monitor import check as monitoring
 
 
 @flow(name="drift-monitor", log_prints=False)

@@ -34,16 +34,16 @@ from prefect.states import State
 from ruamel.yaml import YAML
 
 from flows.reports import metrics_snapshot, publish_run_report
-from lab2prod.dvc_cmd import dvc_command, dvc_env
-from lab2prod.errors import ConfigError, DataError
-from lab2prod.settings import apply_overrides, set_dotted, validate_params
-from lab2prod.storage import is_remote
+from lab2prod.core.dvc import dvc_command, dvc_env
+from lab2prod.core.errors import ConfigError, DataError
+from lab2prod.core.settings import load_params, set_dotted
+from lab2prod.core.storage import is_remote
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Stages whose failures can be passing I/O trouble (a remote source); every other failure is a
 # property of the data, the settings or the code, and a retry would fail the same way.
 IO_STAGES = {"ingest"}
-SETTINGS_OR_DATA_ERROR = DataError.exit_code  # a stage that rejected its settings or data (lab2prod/errors.py)
+SETTINGS_OR_DATA_ERROR = DataError.exit_code  # a stage that rejected its settings or data (lab2prod/core/errors.py)
 
 
 class StageFailed(RuntimeError):
@@ -168,7 +168,7 @@ def push_to_remote(project: Path) -> None:
 
 
 @task
-def save_experiment(project: Path, overrides: dict[str, Any], name: str | None) -> str:
+def save_experiment(project: Path, name: str | None) -> str:
     """Record the finished run as a DVC experiment (`dvc exp show` lists it beside the others)."""
     args = ["exp", "save", "--force"] + (["--name", name] if name else [])
     rc, lines = run_dvc(project, *args, log_prefix="[exp] ")
@@ -234,8 +234,7 @@ def training_pipeline(
     project = Path(project_dir or PROJECT_DIR).resolve()
     overrides = dict(overrides or {})
     params_file = project / "params.yaml"
-    raw = yaml.safe_load(params_file.read_text())
-    params = validate_params(apply_overrides(raw, overrides), f"{params_file} with overrides {overrides}")
+    params = load_params(params_file, overrides)
 
     with workspace_lock(project, lock_timeout_s):
         before = metrics_snapshot(project)
@@ -254,7 +253,7 @@ def training_pipeline(
             if overrides:  # nothing of a failed override run stays in the settings file
                 params_file.write_bytes(original_params)
             raise
-        experiment = save_experiment(project, overrides, experiment_name) if overrides else None
+        experiment = save_experiment(project, experiment_name) if overrides else None
         if push and has_remote(project):
             push_to_remote(project)
         publish_run_report(project, before, results, overrides, experiment)

@@ -37,13 +37,13 @@ from flows.pipeline import (
     training_pipeline,
     workspace_lock,
 )
-from lab2prod.errors import ConfigError
-from lab2prod.files import read_json
-from lab2prod.layout import Workspace
-from lab2prod.promotion import decide_and_register
-from lab2prod.registry import champion, location, manifest, versions
-from lab2prod.settings import load_params
-from lab2prod.storage import is_remote
+from lab2prod.core.errors import ConfigError
+from lab2prod.core.files import read_json
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import load_params
+from lab2prod.core.storage import is_remote
+from lab2prod.registry.promotion import decide_and_register
+from lab2prod.registry.store import champion, location, manifest, versions
 
 SNAPSHOT = Path(".dvc/tmp/lab2prod-snapshot")
 

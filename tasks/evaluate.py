@@ -23,13 +23,14 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
-from lab2prod.console import ParamsFile, run_stage  # noqa: E402
-from lab2prod.dataset import SplitIndex, iter_split  # noqa: E402
-from lab2prod.files import atomic_file, write_json  # noqa: E402
-from lab2prod.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
-from lab2prod.metrics import classification_metrics, torch_top1  # noqa: E402
-from lab2prod.settings import EvaluateConfig, load_params  # noqa: E402
-from models.model_file import load_model_file  # noqa: E402
+from lab2prod.core.console import ParamsFile, run_stage  # noqa: E402
+from lab2prod.core.files import atomic_file, write_json  # noqa: E402
+from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
+from lab2prod.core.scoring import classification_metrics  # noqa: E402
+from lab2prod.core.settings import EvaluateConfig, load_params  # noqa: E402
+from lab2prod.data.dataset import SplitIndex  # noqa: E402
+from models.nets.inputs import iter_split, torch_top1
+from models.nets.model_file import load_model_file  # noqa: E402
 
 log = logging.getLogger("tasks.evaluate")  # not __name__: that is __main__ under python -m
 

@@ -18,80 +18,23 @@ Writes (the directory is replaced atomically):
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-import onnx
-import torch
-
-from lab2prod import drift
-from lab2prod.console import ParamsFile, run_stage
-from lab2prod.dataset import SplitBatches, in_batches, to_model_input
-from lab2prod.errors import ParityError
-from lab2prod.files import atomic_dir, read_json, write_json
-from lab2prod.layout import PARAMS, WORKSPACE, Workspace
-from lab2prod.machine import cpu_features
-from lab2prod.metrics import torch_top1
-from lab2prod.model_card import write_model_card
-from lab2prod.onnx_model import add_metadata, check_parity, onnx_top1, to_onnx
-from lab2prod.records import CompressReport
-from lab2prod.runtime import logits, session, variant_file
-from lab2prod.serving_speed import SINGLES, measure, onnx_runner, torch_runner
-from lab2prod.settings import Params, load_params
-from models.model_file import load_model_file
+from lab2prod.core.console import ParamsFile, run_stage
+from lab2prod.core.errors import ParityError
+from lab2prod.core.files import atomic_dir, read_json, write_json
+from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace
+from lab2prod.core.records import CompressReport
+from lab2prod.core.settings import Params, load_params
+from lab2prod.data.dataset import SplitBatches, pixels_input
+from lab2prod.monitor import drift
+from lab2prod.serve.runtime import variant_file
+from models.export.checks import drift_reference, export_checked, export_int8
+from models.export.machine import cpu_features
+from models.export.model_card import write_model_card
+from models.export.speed import SINGLES, measure, onnx_runner, torch_runner
+from models.nets.model_file import load_model_file
 
 log = logging.getLogger("tasks.export")  # not __name__: that is __main__ under python -m
-
-
-def export_checked(
-    net: torch.nn.Module, info: dict, path: Path, variant: str, params: Params, x_test: SplitBatches
-) -> dict[str, Any]:
-    """Export one PyTorch model, check it fully and match it to PyTorch; returns its parity record."""
-    cfg = params.export
-    to_onnx(net, info.image_shape, path, cfg.opset)
-    add_metadata(path, info, variant, params.ingest.resize)
-    onnx.checker.check_model(str(path), full_check=True)
-    sess = session(path)
-    diffs = check_parity(
-        net, sess, x_test.first(max(cfg.parity_batch_sizes)), cfg.parity_batch_sizes, cfg.atol, variant
-    )
-    agreement = float((torch_top1(net, x_test) == onnx_top1(sess, x_test)).mean())
-    return {
-        "file": path.name,
-        "max_abs_logit_diff": diffs,
-        "atol": cfg.atol,
-        "test_top1_agreement": agreement,
-        "onnx_bytes": path.stat().st_size,
-    }
-
-
-def export_int8(
-    source: Path, path: Path, fp32_onnx: Path, info: dict, params: Params, x_test: SplitBatches
-) -> dict[str, Any]:
-    """Check the compress stage's INT8 file and require top-1 agreement with the FP32 ONNX file."""
-    shutil.copyfile(source, path)
-    add_metadata(path, info, "int8", params.ingest.resize)
-    onnx.checker.check_model(str(path), full_check=True)
-    agreement = float((onnx_top1(fp32_onnx, x_test) == onnx_top1(path, x_test)).mean())
-    needed = params.compress.int8.min_top1_agreement
-    if agreement < needed:
-        raise ParityError(
-            f"int8: top-1 agreement with FP32 {agreement:.4f} < compress.int8.min_top1_agreement = {needed}"
-        )
-    return {"file": path.name, "test_top1_agreement_with_fp32": agreement, "onnx_bytes": path.stat().st_size}
-
-
-def drift_reference(onnx_file: Path, x_test: SplitBatches, classes: list[str]) -> dict[str, Any]:
-    """What the served model (the deployable default) sees and answers on its test split: the baseline the
-    drift monitor compares served traffic with (lab2prod/drift.py). Travels into every registry version.
-    Only the images the reference keeps (drift.reference_rows: at most MAX_REFERENCE) are decoded."""
-    sess = session(onnx_file)
-    images = x_test.images(drift.reference_rows(len(x_test)))
-    z = np.concatenate([logits(sess, to_model_input(x).numpy()) for x in in_batches(images)])
-    probs = np.exp(z - z.max(axis=1, keepdims=True))
-    return drift.reference(images.numpy(), probs / probs.sum(axis=1, keepdims=True), classes)
 
 
 def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
@@ -125,7 +68,7 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
 
         speed = measure(
             runners,
-            to_model_input(x_test.first(max(SINGLES, cfg.benchmark_batch))).numpy(),
+            pixels_input(x_test.first(max(SINGLES, cfg.benchmark_batch))),
             cfg.benchmark_calls,
             cfg.benchmark_batch,
             cfg.benchmark_batch_calls,

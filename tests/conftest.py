@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lab2prod.layout import Workspace
-from lab2prod.settings import Params, validate_params
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import Params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

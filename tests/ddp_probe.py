@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.data import ShardDataModule  # noqa: E402
-from models.trainer import make_trainer  # noqa: E402
+from models.training.data import ShardDataModule  # noqa: E402
+from models.training.trainer import make_trainer  # noqa: E402
 
 
 class Recorder(L.LightningModule):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from lab2prod.settings import validate_params
+from lab2prod.core.settings import validate_params
 from tests.conftest import ROOT, TINY
 
 PROJECT_FILES = [

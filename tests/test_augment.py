@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lab2prod.augmentation import augment_images
-from lab2prod.dataset import SplitIndex
-from lab2prod.files import read_json
-from lab2prod.layout import Workspace
-from lab2prod.settings import validate_params
+from lab2prod.core.files import read_json
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import validate_params
+from lab2prod.data.dataset import SplitIndex
+from models.training.augmentation import augment_images
 from tasks.augment import augment
 from tasks.ingest import ingest
 from tests.conftest import TINY

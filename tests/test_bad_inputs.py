@@ -14,12 +14,12 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
-from lab2prod.dataset import SplitIndex
-from lab2prod.errors import DataError
-from lab2prod.files import read_json
-from lab2prod.images import decode_image
-from lab2prod.predict import Classifier, classify, image_files
-from lab2prod.settings import validate_params
+from lab2prod.core.errors import DataError
+from lab2prod.core.files import read_json
+from lab2prod.core.settings import validate_params
+from lab2prod.data.dataset import SplitIndex
+from lab2prod.data.images import decode_image
+from lab2prod.serve.predict import Classifier, classify, image_files
 from tasks.ingest import ingest
 
 BIG = 10**8

@@ -12,15 +12,16 @@ import pytest
 import torch
 from torch import nn
 
-from lab2prod.compression import judge
-from lab2prod.errors import DataError
-from lab2prod.records import CompressReport, VariantResult
-from lab2prod.settings import validate_params
-from lab2prod.training_data import datamodule
-from models.classifier import DistillationModule
-from models.model_file import load_model_file
-from models.networks import count_macs_and_params
-from tasks.compress import compress, finetune
+from lab2prod.core.errors import DataError
+from lab2prod.core.records import CompressReport, VariantResult
+from lab2prod.core.settings import validate_params
+from models.compress.compression import judge
+from models.compress.variants import finetune
+from models.nets.model_file import load_model_file
+from models.nets.networks import count_macs_and_params
+from models.training.classifier import DistillationModule
+from models.training.training_data import datamodule
+from tasks.compress import compress
 from tasks.export import export
 from tests.conftest import TINY
 
@@ -162,7 +163,7 @@ def test_the_speed_benchmark_keeps_to_its_time_budget_with_equal_rounds() -> Non
 
     import numpy as np
 
-    from lab2prod.serving_speed import measure
+    from models.export.speed import measure
 
     calls: dict[str, int] = {"fast": 0, "slow": 0}
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab2prod.errors import ConfigError
-from lab2prod.settings import Params, apply_overrides, load_params, validate_params
+import models.nets.networks  # noqa: F401  (adds timm's check of architecture names to the settings)
+from lab2prod.core.errors import ConfigError
+from lab2prod.core.settings import Params, apply_overrides, load_params, validate_params
 from tests.conftest import ROOT
 
 

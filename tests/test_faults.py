@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import yaml
 
-from lab2prod.registry import champion, champion_history, register, set_champion, verify, versions
+from lab2prod.registry.store import champion, champion_history, register, set_champion, verify, versions
 from tests.conftest import ROOT, TINY
 from tests.sandbox import commit, make_project, project_env, sh, write_params
 
 LOOP = """
 import sys, itertools
 from pathlib import Path
-from lab2prod.registry import register, set_champion
+from lab2prod.registry.store import register, set_champion
 reg, project, what = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 for i in itertools.count():
     if what == "register":

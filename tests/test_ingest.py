@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lab2prod.dataset import SplitIndex, load_split
-from lab2prod.errors import DataError
-from lab2prod.images import BadImage, decode_image, prepare_image
-from lab2prod.settings import validate_params
+from lab2prod.core.errors import DataError
+from lab2prod.core.settings import validate_params
+from lab2prod.data.dataset import SplitIndex
+from lab2prod.data.images import BadImage, decode_image, prepare_image
+from models.nets.inputs import load_split
 from tasks.ingest import ingest
 from tests.conftest import TINY, digit_png
 

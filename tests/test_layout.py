@@ -101,14 +101,14 @@ def test_models_import_neither_tasks_nor_flows_and_nothing_imports_tests() -> No
 def test_closure_follows_imports_inside_functions(tmp_path: Path) -> None:
     """The checker itself: it sees lazy imports, and the stage files it reports exist."""
     closure = import_closure("tasks.compress")
-    assert "lab2prod/compression.py" in closure and "models/networks.py" in closure
+    assert "models/compress/compression.py" in closure and "models/nets/networks.py" in closure
     assert all((ROOT / f).is_file() for f in closure)
     assert "flows/pipeline.py" not in closure
 
 
 def test_lab2prod_command_lists_its_subcommands() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "lab2prod.cli", "--help"],
+        [sys.executable, "-m", "lab2prod.cli.main", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -117,7 +117,7 @@ def test_lab2prod_command_lists_its_subcommands() -> None:
     for command in ("run", "predict", "registry", "retrain", "prefect"):
         assert f" {command} " in out, command
     registry = subprocess.run(
-        [sys.executable, "-m", "lab2prod.cli", "registry", "--help"],
+        [sys.executable, "-m", "lab2prod.cli.main", "registry", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -125,3 +125,39 @@ def test_lab2prod_command_lists_its_subcommands() -> None:
     ).stdout
     for command in ("list", "show", "promote", "rollback"):
         assert f" {command} " in registry, command
+
+
+TORCH_SIDE = ("torch", "torchvision", "lightning", "timm", "kornia", "torch_pruning", "torchmetrics", "models", "tasks")
+
+
+def test_lab2prod_is_torch_free_and_only_its_cli_imports_flows() -> None:
+    """lab2prod/ (data, registry, serving, monitoring, the command) never imports the training side; models/
+    may import lab2prod, tasks/ and flows/ import both. Imports inside functions count too."""
+    for path in project_files("lab2prod"):
+        roots = {m.split(".")[0] for m in all_imports(path)}
+        rel = path.relative_to(ROOT).as_posix()
+        assert not roots & set(TORCH_SIDE), f"{rel} imports {sorted(roots & set(TORCH_SIDE))}"
+        if not rel.startswith("lab2prod/cli/"):
+            assert "flows" not in roots, f"{rel} imports flows/: only the command (lab2prod/cli/) may"
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module name a file imports, project or not, at the top or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_serving_side_runs_without_torch(tmp_path: Path) -> None:
+    """Importing the serving, prediction, registry and monitoring modules loads no torch-side module at all."""
+    code = (
+        "import sys; import lab2prod.serve.app, lab2prod.serve.predict, lab2prod.registry.promotion, "
+        "lab2prod.monitor.check, lab2prod.cli.main; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {TORCH_SIDE!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]", out

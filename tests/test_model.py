@@ -15,13 +15,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from sklearn.metrics import classification_report
 
-from lab2prod.dataset import load_split, to_model_input
-from lab2prod.errors import ParityError
-from lab2prod.settings import validate_params
-from models.model_file import load_model_file
-from models.networks import build_network
+from lab2prod.core.errors import ParityError
+from lab2prod.core.settings import validate_params
+from models.nets.inputs import load_split, to_model_input
+from models.nets.model_file import load_model_file
+from models.nets.networks import build_network
+from models.training.recipe import checkpoint_to_resume
 from tasks.export import export
-from tasks.train import checkpoint_to_resume, train
+from tasks.train import train
 from tests.conftest import TINY
 
 

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lab2prod import drift, monitoring
-from lab2prod.dataset import load_split
-from lab2prod.files import read_json
-from lab2prod.predict import Classifier
-from lab2prod.prediction_log import PredictionLog
-from lab2prod.registry import champion_model, register, set_champion
-from lab2prod.settings import validate_params
+from lab2prod.core.files import read_json
+from lab2prod.core.settings import validate_params
+from lab2prod.monitor import check as monitoring
+from lab2prod.monitor import drift
+from lab2prod.registry.store import champion_model, register, set_champion
+from lab2prod.serve.predict import Classifier
+from lab2prod.serve.prediction_log import PredictionLog
+from models.nets.inputs import load_split
 from tests.conftest import TINY
 
 

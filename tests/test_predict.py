@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lab2prod.images import decode_image
-from lab2prod.onnx_model import onnx_top1
-from lab2prod.predict import Classifier, classify, image_files
+from lab2prod.data.images import decode_image
+from lab2prod.serve.predict import Classifier, classify, image_files
+from lab2prod.serve.runtime import onnx_top1
 
 BROKEN = {
     "truncated.png": "truncated",
@@ -49,7 +49,7 @@ def test_cli_writes_a_csv_and_explains_what_is_missing(
     out = tmp_path / "predictions.csv"
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "lab2prod.cli", "predict", *args]
+        cmd = [sys.executable, "-m", "lab2prod.cli.main", "predict", *args]
         return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
 
     done = run(str(image_folder), "--model", str(tiny_run["onnx"]), "--csv", str(out), "--top", "2")
@@ -66,9 +66,9 @@ def test_cli_writes_a_csv_and_explains_what_is_missing(
 
 
 def test_an_onnx_file_without_lab2prod_metadata_is_refused(tmp_path: Path) -> None:
-    from lab2prod.errors import DataError
-    from lab2prod.onnx_model import to_onnx
-    from models.networks import build_network
+    from lab2prod.core.errors import DataError
+    from models.export.onnx_export import to_onnx
+    from models.nets.networks import build_network
 
     path = tmp_path / "bare.onnx"
     to_onnx(build_network("small_cnn", 1, 10, 8, 0.0, [0.5], [0.25]).eval(), [8, 8, 1], path, 18)

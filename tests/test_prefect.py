@@ -176,7 +176,7 @@ def add_feedback(repo: Path, per_class: int, angle: float) -> None:
 
 
 def registry_state(repo: Path) -> tuple[list[str], str | None]:
-    from lab2prod.registry import champion, versions
+    from lab2prod.registry.store import champion, versions
 
     reg = repo / "registry"
     return versions(reg), (champion(reg) or {}).get("version")
@@ -241,7 +241,7 @@ def kill_when_training(repo: Path, run_id: str, timeout: float = 300) -> None:
 def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, dict[str, str]]) -> None:
     """The retraining lifecycle on one workspace: first champion, no new data, new data, a worse
     challenger, a run killed mid-training and the run after it, a rollback by hand."""
-    from lab2prod.registry import champion_model, manifest
+    from lab2prod.registry.store import champion_model, manifest
 
     repo, env = deployed
     registry = repo / "registry"
@@ -321,9 +321,9 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
 
     # by hand: promote v0004, then roll back to the champion before it, its served file byte-identical
     if current != "v0004":
-        sh(repo, "python", "-m", "lab2prod.cli", "registry", "promote", "v0004", env=env)
+        sh(repo, "python", "-m", "lab2prod.cli.main", "registry", "promote", "v0004", env=env)
     assert registry_state(repo)[1] == "v0004"
-    sh(repo, "python", "-m", "lab2prod.cli", "registry", "rollback", env=env)
+    sh(repo, "python", "-m", "lab2prod.cli.main", "registry", "rollback", env=env)
     assert registry_state(repo)[1] == champion_before
     assert Path(champion_model(registry)).read_bytes() == served_before
 
@@ -333,7 +333,7 @@ def test_drift_in_served_traffic_starts_a_retraining_run(
 ) -> None:
     """The drift-monitor flow on a real server: in-distribution traffic starts nothing; inverted digits raise
     the drift flag and start a run of the scheduled-retrain deployment (left queued: no worker here)."""
-    from lab2prod.dataset import load_split
+    from models.nets.inputs import load_split
     from tests.test_monitor import champion_registry, log_traffic
 
     repo = make_project(tmp_path / "project")

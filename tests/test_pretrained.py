@@ -23,14 +23,15 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from lab2prod.errors import ConfigError, DataError
-from lab2prod.files import read_json, sha256_file
-from lab2prod.registry import register, set_champion
-from lab2prod.settings import validate_params
-from lab2prod.weights import resolve_weights
-from models.model_file import load_model_file
-from models.networks import classifier_layer
-from tasks.train import initial_network, train
+from lab2prod.core.errors import ConfigError, DataError
+from lab2prod.core.files import read_json, sha256_file
+from lab2prod.core.settings import validate_params
+from lab2prod.registry.store import register, set_champion
+from models.nets.model_file import load_model_file
+from models.nets.networks import classifier_layer
+from models.nets.weights import resolve_weights
+from models.training.recipe import initial_network
+from tasks.train import train
 from tests.conftest import TINY
 
 BACKBONE = "test_efficientnet"  # a tiny timm model (0.1 M parameters) with depthwise convs and SE blocks

@@ -17,13 +17,14 @@ import pytest
 import torch
 import yaml
 
-from lab2prod.dataset import SplitIndex
-from lab2prod.errors import RegistryError
-from lab2prod.files import sha256_file as sha256
-from lab2prod.gate import decide, export_problem
-from lab2prod.onnx_model import to_onnx
-from lab2prod.promotion import decide_and_register
-from lab2prod.registry import (
+from lab2prod.core.errors import RegistryError
+from lab2prod.core.files import sha256_file as sha256
+from lab2prod.core.settings import validate_params
+from lab2prod.data.dataset import SplitIndex
+from lab2prod.data.splits import bucket
+from lab2prod.registry.gate import decide, export_problem
+from lab2prod.registry.promotion import decide_and_register
+from lab2prod.registry.store import (
     champion,
     champion_model,
     local_copy,
@@ -35,9 +36,8 @@ from lab2prod.registry import (
     verify,
     versions,
 )
-from lab2prod.settings import validate_params
-from lab2prod.splits import bucket
-from models.networks import build_network
+from models.export.onnx_export import to_onnx
+from models.nets.networks import build_network
 from tests.conftest import TINY
 
 
@@ -153,7 +153,7 @@ def test_cli_lists_and_explains_errors(project: Path, tmp_path: Path) -> None:
     set_champion(reg, register(reg, project, {"metrics": {"accuracy": 0.5, "f1_macro": 0.4}}, None), "first")
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "lab2prod.cli", "registry", *args, "--registry", str(reg)]
+        cmd = [sys.executable, "-m", "lab2prod.cli.main", "registry", *args, "--registry", str(reg)]
         return subprocess.run(cmd, capture_output=True, text=True)
 
     listed = run("list")
@@ -272,7 +272,7 @@ def _race(reg: str, project: Path, writers: int, expect: object) -> list[tuple[s
     import multiprocessing
     import threading
 
-    from lab2prod.registry import ANY, ChampionChanged
+    from lab2prod.registry.store import ANY, ChampionChanged
 
     def work(barrier: object, out: object) -> None:
         barrier.wait()
@@ -309,14 +309,14 @@ def test_concurrent_registrations_get_distinct_versions_and_one_champion(project
     losers = [outcome for _, outcome in results if outcome != "promoted"]
     assert len(winners) == 1 and champion(reg)["version"] == winners[0]
     assert "another writer changed it" in losers[0]
-    from lab2prod.registry import champion_history
+    from lab2prod.registry.store import champion_history
 
     history = champion_history(reg)
     assert [(h["from"], h["version"]) for h in history] == [(None, winners[0])]
 
 
 def test_concurrent_promotions_are_serialised_into_one_consistent_history(project: Path, reg: str) -> None:
-    from lab2prod.registry import ANY, champion_history
+    from lab2prod.registry.store import ANY, champion_history
 
     results = _race(reg, project, 4, expect=ANY)  # unconditional promotions: every one lands, one after another
     assert [v for v, _ in results] == ["v0001", "v0002", "v0003", "v0004"]
@@ -371,8 +371,8 @@ class _Payload:
 
 
 def test_a_model_file_with_pickled_code_is_refused_without_running_it(tmp_path: Path) -> None:
-    from lab2prod.errors import DataError
-    from models.model_file import load_model_file
+    from lab2prod.core.errors import DataError
+    from models.nets.model_file import load_model_file
 
     marker = tmp_path / "code-ran"
     torch.save({"format": "lab2prod-model/1", "state_dict": {}, "evil": _Payload(marker)}, tmp_path / "model.pt")

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lab2prod.dataset import SplitIndex
-from lab2prod.predict import Classifier
-from lab2prod.prediction_log import PredictionLog, log_files, read_log
-from lab2prod.registry import manifest, register, set_champion
-from lab2prod.serving_batch import MicroBatcher
-from lab2prod.serving_metrics import Metrics
-from lab2prod.serving_model import ServedModel
-from lab2prod.settings import validate_params
+from lab2prod.core.settings import validate_params
+from lab2prod.data.dataset import SplitIndex
+from lab2prod.registry.store import manifest, register, set_champion
+from lab2prod.serve.batch import MicroBatcher
+from lab2prod.serve.metrics import Metrics
+from lab2prod.serve.model import ServedModel
+from lab2prod.serve.predict import Classifier
+from lab2prod.serve.prediction_log import PredictionLog, log_files, read_log
 from tasks.ingest import ingest
 from tests.conftest import TINY, digit_png
 
@@ -75,7 +75,7 @@ def served(tiny_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         "max_images": 16,
         "max_body_mb": 4,
     }
-    cmd = [sys.executable, "-m", "lab2prod.cli", "serve", "--registry", str(registry), "--port", str(port)]
+    cmd = [sys.executable, "-m", "lab2prod.cli.main", "serve", "--registry", str(registry), "--port", str(port)]
     cmd += [a for k, v in sets.items() for a in ("-S", f"serve.{k}={v}")]
     log = (work / "server.log").open("w")
     proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)  # no params.yaml there: defaults
@@ -254,6 +254,7 @@ def test_metrics_and_prediction_log_record_what_was_served(served: dict[str, Any
     client = served["client"]
     for i in range(3):
         assert client.post("/predict", content=digit(i)).status_code == 200
+    assert client.post("/predict", content=b"not an image").status_code == 422  # counted by its status
     text = client.get("/metrics").text
     assert 'lab2prod_requests_total{endpoint="/predict",status="200"}' in text
     assert 'lab2prod_requests_total{endpoint="/predict",status="422"}' in text
@@ -274,7 +275,7 @@ def test_feedback_cli_checks_the_label_and_the_image(tmp_path: Path) -> None:
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")  # a project-root command
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "lab2prod.cli", "feedback", "add", *args, "--inbox", str(tmp_path / "inbox")]
+        cmd = [sys.executable, "-m", "lab2prod.cli.main", "feedback", "add", *args, "--inbox", str(tmp_path / "inbox")]
         return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
     ok = run(str(image), "--label", "4")
