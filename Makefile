@@ -44,8 +44,10 @@ pipeline: $(STAMP)  ## run the whole DAG on the default data (`lab2prod run` = d
 serve: $(STAMP)  ## serve the registry's champion on http://127.0.0.1:8000 (`lab2prod serve`)
 	$(RUN) $(BIN)/lab2prod serve
 
-test: lint docs  ## lint, the docs build, then the full suite in a shuffled order (it prints the seed to replay it)
-	$(RUN) $(BIN)/pytest --random-order-bucket=module
+# Two processes, a test module to each at a time (module fixtures such as a Prefect server stay whole), the
+# modules and the tests in each in a shuffled order: every test must pass in any order (the seed is printed).
+test: lint docs  ## lint, the docs build, then the full suite (two processes, shuffled order)
+	$(RUN) $(BIN)/pytest -n 2 --dist loadfile --random-order-bucket=module
 
 docs: $(STAMP)  ## build docs/ into site/ with MkDocs (strict: a broken link or anchor fails the build)
 	$(BIN)/mkdocs build --strict --quiet

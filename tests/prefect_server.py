@@ -1,9 +1,13 @@
-"""A real Prefect server on loopback for the tests: its own home, SQLite database and log file."""
+"""A real Prefect server on loopback for the tests (its own home, SQLite database and log file), and the
+fixtures and helpers the Prefect test modules share: a deployed sandbox project with a worker, runs."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
+import signal
 import socket
 import subprocess
 import time
@@ -13,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import project_env
+from tests.conftest import TINY
+from tests.sandbox import commit, make_project, project_env, sh, write_params
 
 
 def free_port() -> int:
@@ -83,7 +88,8 @@ def api(env: dict[str, str], path: str, body: dict | None = None) -> object:
     for attempt in range(3):  # a server busy with a flow run's writes to SQLite can be slow to answer
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
-                return json.loads(resp.read())
+                raw = resp.read()
+                return json.loads(raw) if raw else None
         except TimeoutError:
             if attempt == 2:
                 raise
@@ -96,3 +102,75 @@ def flow_runs(env: dict[str, str], deployment: str) -> list[dict]:
     runs = api(env, "/flow_runs/filter", body)
     assert isinstance(runs, list)
     return runs
+
+
+RUN = "training-pipeline/training-pipeline"
+# These tests are about orchestration; two compressed variants instead of four keep every run shorter
+# (tests/test_compress.py covers all four).
+LEAN = {"compress": {**TINY["compress"], "sparse": {"enabled": False}, "int8": {"enabled": False}}}
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A Prefect server on 127.0.0.1 with its own home and SQLite database, for this module; its scheduler
+    is off (the deployments' crons must not start runs mid-test: tests/test_schedules.py tests them)."""
+    with prefect_server(tmp_path_factory.mktemp("prefect"), scheduler=False) as env:
+        yield env
+
+
+@pytest.fixture
+def deployed(tmp_path: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A sandbox project with its deployments registered and a process worker polling for runs."""
+    repo = make_project(tmp_path / "project")
+    write_params(repo, LEAN)
+    commit(repo, "lean compression")
+    env = project_env(repo, **prefect_env)
+    sh(repo, "python", "-m", "flows.deploy", env=env)
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        ["prefect", "worker", "start", "--pool", "lab2prod-process"],
+        cwd=repo,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    yield repo, env
+    # A worker asked to stop finishes what it runs first, and may take its time; one left running would
+    # take the next test's flow runs from the shared pool, so after a grace period its group is killed.
+    worker.terminate()
+    try:
+        worker.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+
+
+def start_run(repo: Path, env: dict[str, str], *extra: str, deployment: str = RUN) -> str:
+    out = sh(repo, "prefect", "deployment", "run", deployment, *extra, env=env).stdout
+    return re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+
+
+def wait_for(repo: Path, env: dict[str, str], run_id: str, timeout: float = 400) -> str:
+    """Poll a flow run until it is terminal; return its state type (COMPLETED, FAILED, ...)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = sh(repo, "prefect", "flow-run", "inspect", run_id, "--output", "json", env=env).stdout
+        state = json.loads(out)["state"]["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout} s")
+
+
+def logs(repo: Path, env: dict[str, str], run_id: str) -> str:
+    """One flow run's own log (a subflow's task logs are the subflow run's, not its parent's)."""
+    return sh(repo, "prefect", "flow-run", "logs", run_id, env=env).stdout
+
+
+def worker_log(repo: Path) -> str:
+    """Everything every flow run of this project printed, subflows included (the `deployed` worker's output)."""
+    return (repo.parent / "worker.log").read_text()
+
+
+RETRAIN = "scheduled-retrain/scheduled-retrain"

@@ -1,5 +1,7 @@
 """Settings: params.yaml is validated before any work; errors name the file, the key and the value."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,15 @@ def test_section_hash_changes_only_with_its_section() -> None:
     b = validate_params({"export": {"atol": 0.01}})
     assert a.section_hash("train") == b.section_hash("train")
     assert a.section_hash("export") != b.section_hash("export")
+
+
+@pytest.mark.parametrize("args", [["run", "-S", "train.epochs=3"], ["registry", "list"], ["predict", "x.png"]])
+def test_a_broken_params_file_is_one_clear_error_and_stays_as_it_was(args: list[str], tmp_path: Path) -> None:
+    broken = "train: [epochs: 3\n"  # a YAML syntax error
+    (tmp_path / "params.yaml").write_text(broken)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab2prod.cli.main", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "params.yaml: not valid YAML" in out and "Traceback" not in out, out
+    assert (tmp_path / "params.yaml").read_text() == broken

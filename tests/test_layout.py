@@ -161,3 +161,35 @@ def test_serving_side_runs_without_torch(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]", out
+
+
+def test_dvc_outputs_are_the_workspace_paths_and_its_params_are_settings() -> None:
+    """dvc.yaml's outs, metrics and plots are exactly where lab2prod.core.layout.Workspace says the stages write,
+    and every key a stage lists under params: exists in the settings schema."""
+    from dataclasses import fields
+
+    from lab2prod.core.layout import Workspace
+    from lab2prod.core.settings import validate_params
+
+    ws = Workspace()
+    roots = [getattr(ws, f.name) for f in fields(ws)]
+    declared = []
+    for name, stage in STAGES.items():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path = Path(next(iter(entry)) if isinstance(entry, dict) else entry)
+                declared.append(path)
+                assert any(path == r or r in path.parents for r in roots), (
+                    f"{name}: {kind} {path} is not a Workspace path"
+                )
+    for root in roots:
+        assert any(p == root or root in p.parents or p in root.parents for p in declared), f"nothing declares {root}"
+    settings = validate_params({}).model_dump()
+    for name, stage in STAGES.items():
+        for key in stage.get("params", []):
+            node = settings
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, (
+                    f"dvc.yaml stage {name}: params key {key!r} is no setting"
+                )
+                node = node[part]

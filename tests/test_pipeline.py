@@ -12,14 +12,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import TINY
 from tests.sandbox import commit, make_project, project_env, sh, stages_run, write_params
 
 pytestmark = pytest.mark.slow
 
 
+# These tests are about DVC's semantics; two compressed variants instead of four keep each full run shorter
+# (tests/test_compress.py covers all four).
+LEAN = {"compress": {**TINY["compress"], "sparse": {"enabled": False}, "int8": {"enabled": False}}}
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    return make_project(tmp_path / "project")
+    repo = make_project(tmp_path / "project")
+    write_params(repo, LEAN)
+    commit(repo, "lean compression")
+    return repo
 
 
 def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> None:
@@ -77,7 +86,7 @@ def test_broken_images_are_quarantined_through_the_pipeline(repo: Path, image_fo
 
 
 def test_kill_9_during_training_then_repro_resumes_and_completes(repo: Path) -> None:
-    write_params(repo, {"train": {"epochs": 60, "patience": 100}})
+    write_params(repo, {**LEAN, "train": {"epochs": 60, "patience": 100}})
     sh(repo, "dvc", "repro", "augment")
     proc = subprocess.Popen(
         ["dvc", "repro"],

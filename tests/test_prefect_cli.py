@@ -65,5 +65,6 @@ def test_server_stops_with_its_wrapper(sig: signal.Signals, tmp_path: Path) -> N
         finally:
             if proc.poll() is None:
                 proc.kill()
-    with socket.socket() as s:  # the port is free again
+    with socket.socket() as s:  # nothing listens there any more (SO_REUSEADDR: closed connections may linger)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))

@@ -20,13 +20,16 @@ import psutil
 import pytest
 import yaml
 
-from tests.prefect_server import flow_runs, prefect_server
+from tests.prefect_server import api, flow_runs, prefect_server
 from tests.sandbox import commit, make_project, project_env, write_params
 
 pytestmark = pytest.mark.slow
 
 DEPLOYMENTS = ("scheduled-retrain", "drift-monitor")
-LEAN = {"compress": {"sparse": {"enabled": False}, "int8": {"enabled": False}, "prune": {"enabled": False}}}
+BUSY = ("PENDING", "RUNNING", "CANCELLING")
+# What is tested here is that the runs happen: the cheapest DAG that still trains, exports and registers.
+OFF = {"enabled": False}
+LEAN = {"train": {"epochs": 2}, "compress": {"sparse": OFF, "int8": OFF, "prune": OFF, "distill": OFF}}
 
 
 @pytest.fixture
@@ -132,6 +135,11 @@ def test_scheduled_runs_fire_and_complete(server: tuple[dict[str, str], Path], t
                 done = next(r for r in runs if r["state_type"] == "COMPLETED")
                 assert done["auto_scheduled"], done  # the scheduler made it, not a manual `deployment run`
                 assert not any(r["state_type"] in ("FAILED", "CRASHED") for r in runs), runs
+            # every minute brings another run: pause both (their scheduled runs go), let the one running end
+            for name in DEPLOYMENTS:
+                api(env, f"/deployments/{flow_runs(env, name)[0]['deployment_id']}/pause_deployment", {})
+            for name in DEPLOYMENTS:
+                wait_runs(env, name, lambda runs: not any(r["state_type"] in BUSY for r in runs), 420, log)
         finally:
             stop(worker)
     assert (repo / "registry").is_dir(), "the scheduled retraining registered no model"

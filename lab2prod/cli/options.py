@@ -9,7 +9,7 @@ import typer
 import yaml
 
 from lab2prod.core.errors import ConfigError
-from lab2prod.core.settings import apply_overrides, validate_params
+from lab2prod.core.settings import apply_overrides, load_params, validate_params
 
 SetOpt = Annotated[
     list[str] | None,
@@ -30,7 +30,8 @@ def parse_overrides(pairs: list[str] | None, params_file: Path = Path("params.ya
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
         overrides[key.strip()] = yaml.safe_load(value)
-    if overrides:
-        raw = yaml.safe_load(params_file.read_text()) if params_file.exists() else {}
-        validate_params(apply_overrides(raw or {}, overrides), f"{params_file} with --set {' '.join(pairs or [])}")
+    if overrides and params_file.exists():
+        load_params(params_file, overrides)  # a ConfigError naming the file, the key and the value
+    elif overrides:
+        validate_params(apply_overrides({}, overrides), f"--set {' '.join(pairs or [])}")
     return overrides

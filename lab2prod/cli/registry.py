@@ -13,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from lab2prod.core.console import stage_entry
 from lab2prod.core.errors import RegistryError
 from lab2prod.core.settings import load_params
 from lab2prod.registry.store import champion, location, manifest, rollback, set_champion, versions
@@ -46,6 +47,7 @@ def _run(fn: Callable[..., T], *args: Any) -> T:
 
 
 @app.command("list")
+@stage_entry
 def list_cmd(registry: RegistryOpt = None) -> None:
     """Every version with its key metrics; * marks the champion."""
     reg = registry_location(registry)
@@ -70,12 +72,14 @@ def list_cmd(registry: RegistryOpt = None) -> None:
 
 
 @app.command()
+@stage_entry
 def show(version: str, registry: RegistryOpt = None) -> None:
     """A version's manifest: lineage, parent, files and their hashes."""
     Console().print_json(json.dumps(_run(manifest, registry_location(registry), version)))
 
 
 @app.command()
+@stage_entry
 def promote(version: str, registry: RegistryOpt = None) -> None:
     """Make VERSION the champion by hand (its files are hash-checked first)."""
     pointer = _run(set_champion, registry_location(registry), version, "promoted by hand")
@@ -83,6 +87,7 @@ def promote(version: str, registry: RegistryOpt = None) -> None:
 
 
 @app.command("rollback")
+@stage_entry
 def rollback_cmd(
     to: Annotated[str | None, typer.Option(help="Version to make champion.")] = None, registry: RegistryOpt = None
 ) -> None:

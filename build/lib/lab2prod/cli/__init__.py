@@ -1,0 +1,1 @@
+"""The `lab2prod` command, one module per command group."""

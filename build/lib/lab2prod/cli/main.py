@@ -1,0 +1,216 @@
+"""The `lab2prod` command: everything a user does, one subcommand each. `lab2prod --help` lists them.
+
+Heavy imports (torch, Prefect, DVC) happen inside the commands that need them, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lab2prod.cli.feedback import app as feedback_app
+from lab2prod.cli.options import SetOpt, parse_overrides
+from lab2prod.cli.prefect import app as prefect_app
+from lab2prod.cli.prefect import server_url, use_prefect
+from lab2prod.cli.registry import app as registry_app
+from lab2prod.cli.registry import registry_location
+from lab2prod.core.console import stage_entry
+from lab2prod.core.dvc import dvc_command, dvc_env
+from lab2prod.core.errors import ConfigError, DataError
+from lab2prod.core.settings import apply_overrides, load_params, validate_params
+
+log = logging.getLogger("lab2prod")
+
+app = typer.Typer(
+    name="lab2prod",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    help="From a folder of labelled images to a trained, compressed, ONNX-exported classifier that is registered, "
+    "gated and retrained. Run it in the project "
+    "root (where dvc.yaml and params.yaml are).",
+)
+app.add_typer(registry_app, name="registry")
+app.add_typer(prefect_app, name="prefect")
+app.add_typer(feedback_app, name="feedback")
+
+
+@app.command()
+@stage_entry
+def run(
+    stages: Annotated[
+        list[str] | None, typer.Argument(help="Stages to bring up to date (default: all of them).")
+    ] = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Run the stages even if DVC sees no change.")] = False,
+    prefect: Annotated[
+        bool,
+        typer.Option(help="Run it as the training-pipeline Prefect flow, once, here (no deployment or worker needed)."),
+    ] = False,
+) -> None:
+    """Run the pipeline with DVC (`dvc repro`): only the stages whose inputs, code or settings changed.
+
+    With --set the run is a DVC experiment (`dvc exp run -S ...`): params.yaml stays as it is and
+    `dvc exp show` compares the run with every other. With --prefect the same stages run as Prefect
+    tasks (retries, artifacts, run log), still through DVC.
+    """
+    overrides = parse_overrides(set_)
+    if prefect:
+        if stages or force:
+            raise ConfigError("--prefect runs every stage through DVC; it takes no STAGE and no --force")
+        use_prefect()
+        from flows.pipeline import training_pipeline
+
+        training_pipeline(overrides=overrides or None)
+        return
+    if overrides:
+        args = ["exp", "run", *[a for k, v in overrides.items() for a in ("-S", f"{k}={json.dumps(v)}")]]
+    else:
+        args = ["repro"]
+    args += (["--force"] if force else []) + list(stages or [])
+    log.info("lab2prod run: dvc %s", " ".join(args))
+    raise typer.Exit(subprocess.call(dvc_command(*args), env=dvc_env()))
+
+
+@app.command()
+@stage_entry
+def predict(
+    paths: Annotated[list[str], typer.Argument(help="Image files and/or folders (local or fsspec URLs).")],
+    model: Annotated[str | None, typer.Option(help="ONNX file to use (default: the registry's champion).")] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="Registry whose champion to use (default: retrain.registry_dir).")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Classes per image in the CSV (the table shows the best).")] = 1,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the predictions to this CSV file.")] = None,
+) -> None:
+    """Classify images with the champion model (or --model); every unreadable file is listed with its reason."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lab2prod.data.images import IMAGE_SUFFIXES
+    from lab2prod.registry.store import champion_model
+    from lab2prod.serve.predict import Classifier, classify, image_files, write_csv
+
+    if model is None:
+        where = registry_location(registry)
+        model = champion_model(where)
+        if model is None:
+            raise DataError(
+                f"registry {where} has no champion yet: run `lab2prod retrain`, or name an ONNX file with --model"
+            )
+    classifier = Classifier.load(model)
+    files = image_files(paths)
+    if not files:
+        raise DataError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    top = min(top, len(classifier.classes))
+    rows = classify(classifier, files, top=top, progress=True)
+    bad = sum(1 for r in rows if r["error"])
+    if csv_out:
+        write_csv(rows, csv_out, top)
+        log.info("predict: %d file(s) -> %s", len(rows), csv_out)
+    else:
+        table = Table("file", "class", "probability", "error")
+        for r in rows:
+            cls, prob = r["predictions"][0] if r["predictions"] else ("", None)
+            table.add_row(r["file"], cls, "" if prob is None else f"{prob:.3f}", r["error"])
+        Console().print(table)
+    log.info(
+        "predict: %d image(s) classified with %s%s",
+        len(rows) - bad,
+        classifier.source,
+        f"; {bad} file(s) could not be read (reasons in the output)" if bad else "",
+    )
+
+
+@app.command()
+@stage_entry
+def retrain(set_: SetOpt = None) -> None:
+    """Retrain once, now: ingest new data; if there is any, run the pipeline and promote the challenger only if
+    it beats the champion (the `scheduled-retrain` flow, without a deployment)."""
+    overrides = parse_overrides(set_)
+    load_params()  # fail on bad settings before Prefect starts
+    use_prefect()
+    from flows.retrain import scheduled_retrain
+
+    sys.stdout.write(json.dumps(scheduled_retrain(overrides=overrides or None), indent=2) + "\n")
+
+
+@app.command()
+@stage_entry
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(help="Serve this ONNX file (path or URL) instead of following the registry's champion."),
+    ] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="Registry whose champion to serve (default: retrain.registry_dir).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Server processes (default: serve.workers).")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn's access log).")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Serve the champion over HTTP: `POST /predict`, `POST /feedback`, `/healthz`, `/readyz`, `/metrics`,
+    OpenAPI docs on `/docs`.
+
+    Requests arriving together share one model call (micro-batching). A promotion or rollback in the registry
+    is picked up without a restart, after its sha256 and a smoke prediction check out; a broken file is refused
+    and the previous model keeps serving. A sample of the predictions goes to the prediction log
+    (`serve.log_dir`). Settings: the `serve:` section of params.yaml.
+    """
+    from lab2prod.serve.app import serve as run_server
+
+    overrides = parse_overrides(set_)
+    params = (
+        load_params(overrides=overrides)
+        if Path("params.yaml").exists()
+        else validate_params(apply_overrides({}, overrides))
+    )
+    flags = {"host": host, "port": port, "workers": workers}
+    cfg = params.serve.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    if model is None and params.serve.model != "champion":
+        model = params.serve.model
+    where = None if model else registry_location(registry)
+    log.info(
+        "serve: %s on http://%s:%d (%d worker(s))", model or f"champion of {where}", cfg.host, cfg.port, cfg.workers
+    )
+    run_server(cfg, model, where, access_log=access_log)
+
+
+@app.command()
+@stage_entry
+def monitor(
+    trigger: Annotated[
+        bool, typer.Option(help="Start the retraining deployment if needed (needs a Prefect server with it deployed).")
+    ] = False,
+) -> None:
+    """Check the served champion for drift (its prediction log vs its test split) and count new feedback.
+
+    Writes reports/drift/drift.json and drift.png and prints the verdict. With --trigger it runs as the
+    `drift-monitor` Prefect flow and starts `scheduled-retrain` when the check asks for it.
+    """
+    from lab2prod.monitor import check as monitoring
+
+    if trigger:
+        server_url()
+        from flows.monitor import drift_monitor
+
+        report = drift_monitor()
+    else:
+        report = monitoring.check(load_params(), Path.cwd())
+    sys.stdout.write(monitoring.markdown(report) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Classify images with an exported model: by default the file the registry's champion serves
+(`lab2prod predict` is the command line for it).
+
+The ONNX file carries what prediction needs (class names, input size and channels as metadata), and
+images are decoded and resized exactly as `ingest` does. A file that is not a usable image gets a row
+with its reason (empty_file, not_an_image, truncated, corrupt, decompression_bomb, unreadable), never a silent
+skip.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import onnxruntime as ort
+from rich.progress import track
+
+from lab2prod.core.errors import DataError
+from lab2prod.core.files import atomic_file
+from lab2prod.core.settings import IngestConfig
+from lab2prod.core.storage import is_remote
+from lab2prod.data.images import IMAGE_SUFFIXES, BadImage, decode_image
+from lab2prod.serve.runtime import logits, session
+
+
+@dataclass(frozen=True)
+class Classifier:
+    session: ort.InferenceSession
+    classes: list[str]
+    image_shape: tuple[int, int, int]  # H, W, C
+    source: str
+    resize: str = "stretch"  # how ingest resized the images the model was trained on
+    sha256: str = ""
+    variant: str = "fp32"
+
+    @classmethod
+    def load(cls, model: str) -> Classifier:
+        """An ONNX file written by lab2prod's export (a path or any fsspec URL)."""
+        try:
+            with fsspec.open(model, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise DataError(f"model {model}: no such file; run the pipeline or name one with --model") from None
+        return cls.from_bytes(data, model)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> Classifier:
+        """Open an ONNX file's bytes; DataError (naming `source`) if ONNX Runtime or lab2prod cannot use it."""
+        try:
+            sess = session(data)
+        except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable files
+            raise DataError(f"model {source}: ONNX Runtime cannot load it: {str(exc).strip()[:300]}") from None
+        meta = sess.get_modelmeta().custom_metadata_map
+        if "classes" not in meta or "image_shape_hwc" not in meta:
+            raise DataError(
+                f"model {source}: no class names or input size in its metadata; "
+                "use an ONNX file written by lab2prod's export stage"
+            )
+        return cls(
+            sess,
+            json.loads(meta["classes"]),
+            tuple(json.loads(meta["image_shape_hwc"])),
+            source,
+            resize=meta.get("resize", "stretch"),
+            sha256=hashlib.sha256(data).hexdigest(),
+            variant=meta.get("variant", "fp32"),
+        )
+
+    def decode(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """One image file's bytes as this model's input image, decoded exactly as ingest decodes (BadImage if not)."""
+        h, _, c = self.image_shape
+        return decode_image(data, h, c, max_pixels, self.resize)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities for uint8 NHWC images."""
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        z = logits(self.session, x)
+        exp = np.exp(z - z.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """Files named, plus the image files under folders named (sorted); a missing path is an error."""
+    found: list[str] = []
+    for p in paths:
+        fs, root = fsspec.core.url_to_fs(p)
+        if fs.isdir(root):
+            inside = sorted(f for f in fs.find(root) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            found += [fs.unstrip_protocol(f) if is_remote(p) else f for f in inside]
+        elif fs.exists(root):
+            found.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return found
+
+
+def classify(
+    classifier: Classifier,
+    files: list[str],
+    top: int = 1,
+    batch_size: int = 256,
+    max_pixels: int = IngestConfig().max_image_pixels,
+    progress: bool = False,
+) -> list[dict]:
+    """One row per file: its `top` classes with probabilities, or the reason it could not be read."""
+    rows: list[dict] = []
+    batch: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        probs = classifier.predict(np.stack([img for _, img in batch]))
+        for (i, _), p in zip(batch, probs, strict=True):
+            best = np.argsort(-p)[:top]
+            rows[i]["predictions"] = [(classifier.classes[k], float(p[k])) for k in best]
+        batch.clear()
+
+    for f in track(files, description="classifying", disable=not progress):
+        rows.append({"file": f, "predictions": [], "error": ""})
+        try:
+            with fsspec.open(f, "rb") as fh:
+                batch.append((len(rows) - 1, classifier.decode(fh.read(), max_pixels)))
+        except BadImage as exc:
+            rows[-1]["error"] = f"{exc.reason}: {exc.detail}"
+        except OSError as exc:  # a dangling symlink, a permission, a remote read that failed
+            rows[-1]["error"] = f"unreadable: {type(exc).__name__}: {exc}"
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return rows
+
+
+def write_csv(rows: list[dict], out: Path, top: int) -> None:
+    with atomic_file(out) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", *[f"{k}{i}" for i in range(1, top + 1) for k in ("class", "probability")], "error"])
+        for r in rows:
+            cells = [x for cls, prob in r["predictions"] for x in (cls, f"{prob:.6f}")]
+            writer.writerow([r["file"], *cells, *[""] * (2 * top - len(cells)), r["error"]])

@@ -1,0 +1,1 @@
+"""Compression: structured and unstructured pruning, INT8 quantization, and the gate every variant passes."""

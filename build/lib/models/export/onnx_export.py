@@ -1,0 +1,89 @@
+"""ONNX files: export from PyTorch, lab2prod's metadata, one way to open a session, predictions, parity.
+
+Every file lab2prod writes takes input "pixels": float32 (batch, C, H, W) = pixel / 255 and answers
+"logits"; its metadata carries the class names, input shape, variant and lineage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from lab2prod.core.errors import ParityError
+from lab2prod.serve.runtime import INPUT, OUTPUT, logits
+from models.nets.inputs import to_model_input
+from models.nets.model_file import ModelInfo
+
+# The exporter's optimiser passes log every rewrite at INFO; keep the stages' own lines readable.
+for _noisy in ("onnx_ir", "onnxscript"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+# It also warns that torchvision's detection ops cannot be registered; we use none of them.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+def to_onnx(net: torch.nn.Module, image_shape: list[int], path: Path, opset: int) -> None:
+    """Export with a dynamic batch axis (torch.export-based exporter)."""
+    height, width, channels = image_shape
+    example = torch.rand(2, channels, height, width)
+    program = torch.onnx.export(
+        net.eval(),
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT],
+        output_names=[OUTPUT],
+        dynamic_shapes={"input": {0: torch.export.Dim("batch", min=1, max=65_536)}},
+        verbose=False,
+        optimize=True,
+    )
+    program.save(str(path))
+
+
+def add_metadata(path: Path, info: ModelInfo, variant: str, resize: str = "stretch") -> None:
+    """Classes, input layout, how images are resized (ingest.resize), normalisation note, variant and lineage
+    as ONNX metadata_props: what predict and serve need to decode an image exactly as ingest did."""
+    model = onnx.load(str(path))
+    props = {
+        "classes": json.dumps(info.classes),
+        "image_shape_hwc": json.dumps(info.image_shape),
+        "input": info.input,
+        "resize": resize,
+        "variant": variant,
+        **{k: str(v) for k, v in info.lineage.model_dump().items()},
+        "producer": "lab2prod",
+    }
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def check_parity(
+    net: torch.nn.Module,
+    sess: ort.InferenceSession,
+    images: torch.Tensor,
+    batch_sizes: list[int],
+    atol: float,
+    label: str = "model",
+) -> dict[str, float]:
+    """Max |logit difference| ONNX Runtime vs PyTorch per batch size; ParityError over `atol`."""
+    diffs = {}
+    for bs in batch_sizes:
+        x = to_model_input(images[:bs])
+        with torch.no_grad():
+            expected = net(x).numpy()
+        got = logits(sess, x.numpy())
+        if got.shape != expected.shape:
+            raise ParityError(f"{label}, batch {bs}: ONNX output shape {got.shape} != PyTorch {expected.shape}")
+        diffs[str(bs)] = float(np.abs(got - expected).max())
+        if diffs[str(bs)] > atol:
+            raise ParityError(
+                f"{label}, batch {bs}: max |ONNX - PyTorch| = {diffs[str(bs)]:.2e} > export.atol = {atol:g}"
+            )
+    return diffs

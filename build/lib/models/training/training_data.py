@@ -1,0 +1,51 @@
+"""The training data module every stage that trains builds the same way (train, compress's fine-tuning
+and distillation): the prepared shards, the offline copies if augment wrote any, the loader settings,
+and the augmentation policy augment wrote, applied online."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lab2prod.core.errors import DataError
+from lab2prod.core.files import files_digest, read_json
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import AugmentConfig, Params
+from models.training.augmentation import POLICY_FILE, build_augmenter
+from models.training.data import ShardDataModule
+
+COPIES = "copies"
+
+
+def policy(ws: Workspace) -> dict:
+    path = ws.augmented / POLICY_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: no augmentation policy; run the augment stage first (`lab2prod run augment`).")
+    return read_json(path)
+
+
+def training_inputs(ws: Workspace) -> list[Path]:
+    """The files whose content decides what training sees (their digest goes into a run's fingerprint)."""
+    files = [ws.prepared / "train/index.csv", ws.prepared / "val/index.csv", ws.augmented / POLICY_FILE]
+    copies = ws.augmented / COPIES / "index.csv"
+    return files + ([copies] if copies.is_file() else [])
+
+
+def inputs_digest(ws: Workspace) -> str:
+    return files_digest(*training_inputs(ws))
+
+
+def datamodule(params: Params, ws: Workspace, seed: int) -> ShardDataModule:
+    rules = policy(ws)
+    augment = AugmentConfig.model_validate(rules["settings"])
+    copies = ws.augmented / COPIES
+    return ShardDataModule(
+        ws.prepared,
+        params.train.batch_size,
+        seed,
+        loader=params.train.loader,
+        memory_limit_mb=params.train.memory_limit_mb,
+        workers=params.train.workers,
+        augment=build_augmenter(augment, rules["image_size"]),
+        augment_seed=augment.seed,
+        extra_train=((ws.augmented, COPIES),) if (copies / "index.csv").is_file() else (),
+    )

@@ -1,0 +1,119 @@
+"""Stage 6, export: every deployable model as ONNX, checked against PyTorch, benchmarked, described.
+
+Each ONNX file gets a dynamic batch axis, passes `onnx.checker` (full check) and must compute what
+its source computes before anything lands: FP32-derived files (FP32, pruned, sparse, student) match
+their PyTorch model's logits within `export.atol` at each of `export.parity_batch_sizes`; the INT8
+file must agree with the FP32 file's top-1 on at least `compress.int8.min_top1_agreement` of the
+test split (quantization moves logits, so allclose is the wrong test). Only variants the compress
+stage accepted are exported. Then PyTorch eager and every ONNX file are benchmarked side by side.
+
+Writes (the directory is replaced atomically):
+    artifacts/export/model.onnx            FP32; input "pixels": float32 (batch, C, H, W) = pixel / 255
+    artifacts/export/model_<variant>.onnx  accepted compressed variants (pruned, sparse, student, int8)
+    artifacts/export/model_card.md         intended use, data, metrics, variants, speed, lineage, limits
+    metrics/export.json                    parity / agreement per file
+    metrics/benchmark.json                 latency p50/p95, throughput, size, accuracy per variant, CPU
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lab2prod.core.console import ParamsFile, run_stage
+from lab2prod.core.errors import ParityError
+from lab2prod.core.files import atomic_dir, read_json, write_json
+from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace
+from lab2prod.core.records import CompressReport
+from lab2prod.core.settings import Params, load_params
+from lab2prod.data.dataset import SplitBatches, pixels_input
+from lab2prod.monitor import drift
+from lab2prod.serve.runtime import variant_file
+from models.export.checks import drift_reference, export_checked, export_int8
+from models.export.machine import cpu_features
+from models.export.model_card import write_model_card
+from models.export.speed import SINGLES, measure, onnx_runner, torch_runner
+from models.nets.model_file import load_model_file
+
+log = logging.getLogger("tasks.export")  # not __name__: that is __main__ under python -m
+
+
+def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
+    """Export, check and benchmark every deployable model; files land only if every check passes."""
+    cfg = params.export
+    net, info = load_model_file(ws.model)
+    x_test = SplitBatches(ws.prepared, "test")  # streamed: read from the shards at each pass
+    if len(x_test) < max(cfg.parity_batch_sizes):
+        raise ParityError(
+            f"the test split has {len(x_test)} images but export.parity_batch_sizes = {cfg.parity_batch_sizes} "
+            f"needs {max(cfg.parity_batch_sizes)}: lower the largest batch size to at most {len(x_test)}, or "
+            "raise ingest.test_fraction / add images"
+        )
+    compress = CompressReport.read(ws.compress_metrics) if ws.compress_metrics.exists() else None
+    accepted = compress.accepted if compress else {}
+
+    with atomic_dir(ws.exported) as tmp:
+        records = {"fp32": export_checked(net, info, tmp / "model.onnx", "fp32", params, x_test)}
+        runners = {"pytorch_eager": torch_runner(net), "onnx_fp32": onnx_runner(tmp / "model.onnx")}
+        for name in accepted:
+            target = tmp / f"model_{name}.onnx"
+            if name == "int8":
+                records[name] = export_int8(
+                    ws.compressed / "int8.onnx", target, tmp / "model.onnx", info, params, x_test
+                )
+            else:
+                variant_net, variant_info = load_model_file(ws.compressed / f"{name}.pt")
+                records[name] = export_checked(variant_net, variant_info, target, name, params, x_test)
+            runners[f"onnx_{name}"] = onnx_runner(target)
+        log.info("export: %d ONNX file(s) checked; benchmarking %s", len(records), ", ".join(runners))
+
+        speed = measure(
+            runners,
+            pixels_input(x_test.first(max(SINGLES, cfg.benchmark_batch))),
+            cfg.benchmark_calls,
+            cfg.benchmark_batch,
+            cfg.benchmark_batch_calls,
+            budget_s=cfg.benchmark_seconds,
+        )
+        benchmark = {"machine": cpu_features(), "variants": {}}
+        evaluate = read_json(ws.evaluate_metrics) if ws.evaluate_metrics.exists() else {}
+        # FP32's scores: compress scored it beside its variants; without compress, evaluate's figures
+        fp32_scores = compress.fp32.model_dump() if compress else evaluate
+        for runner_name, figures in speed.items():
+            variant = "fp32" if runner_name in ("pytorch_eager", "onnx_fp32") else runner_name.removeprefix("onnx_")
+            scored = fp32_scores if variant == "fp32" else accepted[variant].model_dump()
+            size = ws.model.stat().st_size if runner_name == "pytorch_eager" else records[variant]["onnx_bytes"]
+            benchmark["variants"][runner_name] = {
+                **figures,
+                "bytes": size,
+                **{k: scored.get(k) for k in ("accuracy", "f1_macro", "macs", "params")},
+            }
+        onnx_names = [n for n in benchmark["variants"] if n.startswith("onnx_")]
+        default = min(onnx_names, key=lambda n: benchmark["variants"][n]["batch1_p50_ms"])
+        benchmark["deployable_default"] = default
+        write_json(tmp / drift.REFERENCE_FILE, drift_reference(tmp / variant_file(default), x_test, info.classes))
+        benchmark["rejected"] = compress.rejected if compress else {}
+        write_model_card(tmp / "model_card.md", info, params, evaluate, benchmark, read_json(ws.prepared / "meta.json"))
+
+    write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})
+    write_json(ws.benchmark, benchmark)
+    eager, fp32 = benchmark["variants"]["pytorch_eager"], benchmark["variants"]["onnx_fp32"]
+    log.info(
+        "export: batch-1 p50 PyTorch eager %.3f ms, ONNX FP32 %.3f ms (%.1fx); deployable default: %s",
+        eager["batch1_p50_ms"],
+        fp32["batch1_p50_ms"],
+        eager["batch1_p50_ms"] / fp32["batch1_p50_ms"],
+        default,
+    )
+    return {"files": records, "benchmark": benchmark}
+
+
+def main(params: ParamsFile = PARAMS) -> None:
+    """Export the trained model and accepted compressed variants to artifacts/export/, checked and benchmarked.
+
+    A file that does not match its source model fails the stage with exit code 1 and writes nothing.
+    """
+    export(load_params(params))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,119 @@
+"""Stage 3, train: Lightning training on the prepared shards, augmented per batch, early-stopped on val.
+
+Writes:
+    artifacts/train/model.pt          weights-only model file (load with models.nets.model_file.load_model_file)
+    artifacts/train/checkpoints/      Lightning checkpoints (best, last) + run.json; kept across runs so
+                                      a killed run resumes from last.ckpt when data and settings match
+    metrics/train/                    DVCLive metrics.json and per-epoch curves for `dvc plots`
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from dvclive.lightning import DVCLiveLogger
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from lab2prod.core.console import ParamsFile, run_stage
+from lab2prod.core.files import read_json, write_json
+from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace
+from lab2prod.core.lineage import git_commit
+from lab2prod.core.settings import Params, load_params
+from models.nets.model_file import Lineage, ModelInfo, save_model_file
+from models.training.recipe import (
+    build_classifier,
+    checkpoint_to_resume,
+    initial_network,
+    linear_probe_strategy,
+    trim_curves,
+)
+from models.training.trainer import EpochLog, make_trainer
+from models.training.training_data import datamodule, inputs_digest
+
+log = logging.getLogger("tasks.train")  # not __name__: that is __main__ under python -m
+
+
+def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str, Any] | None = None) -> dict:
+    """Train, resume if an unfinished matching run exists, write the model file. Returns a summary.
+
+    `trainer_overrides` are extra lightning.Trainer arguments (e.g. a DDP strategy); callbacks given
+    there are added to ours.
+    """
+    cfg = params.train
+    meta = read_json(ws.prepared / "meta.json")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with tempfile.TemporaryDirectory(prefix="lab2prod-weights-") as scratch:
+        spec, net, weights = initial_network(params, meta, Path(scratch))
+    inputs_hash = inputs_digest(ws)
+    fingerprint = f"{inputs_hash}-{params.section_hash('train')}-{weights.sha256}"
+    ckpt_dir = ws.train_dir / "checkpoints"
+    resume_from = checkpoint_to_resume(ckpt_dir, fingerprint)
+    if resume_from:
+        log.info("train: resuming the unfinished run from %s", resume_from)
+        trim_curves(ws.train_metrics, resume_from)
+
+    model = build_classifier(cfg, net, spec.n_classes)
+    data = datamodule(params, ws, cfg.seed)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
+    overrides = {**linear_probe_strategy(cfg), **(trainer_overrides or {})}
+    stop = EarlyStopping(monitor="val/loss", mode="min", patience=cfg.patience)
+    trainer = make_trainer(
+        cfg.epochs,
+        cfg.accelerator,
+        cfg.devices,
+        cfg.precision,
+        callbacks=[best, stop, EpochLog(log, "train"), *overrides.pop("callbacks", [])],
+        logger=DVCLiveLogger(dir=str(ws.train_metrics), save_dvc_exp=False, dvcyaml=None, resume=bool(resume_from)),
+        enable_checkpointing=True,
+        log_every_n_steps=1,
+        default_root_dir=str(ws.train_dir),
+        **overrides,
+    )
+    if cfg.compile:
+        log.info("train: torch.compile: the first steps of each input shape compile, later ones run compiled")
+    trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+
+    if trainer.global_rank != 0:  # under DDP only rank 0 writes the model file
+        return {}
+    state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    lineage = Lineage(
+        dataset_hash=meta["dataset_hash"],
+        train_inputs_hash=inputs_hash,
+        params_hash=params.section_hash("train"),
+        git_commit=git_commit(),
+        weights_source=weights.label,
+        weights_sha256=weights.sha256,
+    )
+    info = ModelInfo(
+        spec=spec,
+        classes=meta["classes"],
+        image_shape=meta["image_shape"],
+        lineage=lineage,
+        best_val_loss=float(best.best_model_score),
+        epochs_trained=trainer.current_epoch,
+    )
+    save_model_file(ws.model, model.net, info)
+    write_json(ckpt_dir / "run.json", {"fingerprint": fingerprint, "complete": True})
+    summary = {
+        "epochs": trainer.current_epoch,
+        "best_val_loss": round(info.best_val_loss, 5),
+        "precision": trainer.precision,
+        "device": str(trainer.strategy.root_device),
+    }
+    log.info("train: %s; model in %s", summary, ws.model)
+    return summary
+
+
+def main(params: ParamsFile = PARAMS) -> None:
+    """Train on data/prepared/ (augmented per data/augmented/policy.json); write artifacts/train/model.pt."""
+    train(load_params(params))
+
+
+if __name__ == "__main__":
+    run_stage(main)
