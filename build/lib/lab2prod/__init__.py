@@ -1,1 +1,0 @@
-"""lab2prod: the library beneath the pipeline stages (tasks/), the Prefect flows (flows/) and the command."""

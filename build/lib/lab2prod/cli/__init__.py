@@ -1,1 +1,0 @@
-"""The `lab2prod` command, one module per command group."""

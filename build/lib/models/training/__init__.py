@@ -1,1 +1,0 @@
-"""Training with Lightning: the LightningModules, the Trainer set-up, loaders over the shards, augmentation."""
