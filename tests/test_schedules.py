@@ -74,8 +74,10 @@ def scheduler_errors(log: Path) -> list[str]:
     return ["\n".join(e) for e in entries if scheduling.search("\n".join(e))]
 
 
-def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
-    """SIGTERM `lab2prod prefect worker` only (not its group): it must pass it on to the worker it wraps."""
+def stop(proc: subprocess.Popen, timeout: float = 180) -> None:
+    """SIGTERM `lab2prod prefect worker` only (not its group): it must pass it on to the worker it wraps.
+    Prefect's worker lets a flow run it has started finish and drains its event client before it exits: half
+    a minute when idle on this machine, more under load."""
     children = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGTERM)
     try:
