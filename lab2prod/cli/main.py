@@ -56,8 +56,9 @@ def run(
 ) -> None:
     """Run the pipeline with DVC (`dvc repro`): only the stages whose inputs, code or settings changed.
 
-    With --set the run is a DVC experiment (`dvc exp run -S ...`): params.yaml stays as it is and
-    `dvc exp show` compares the run with every other. With --prefect the same stages run as Prefect
+    With --set the run is a DVC experiment (`dvc exp run -S ...`): `dvc exp show` compares it with every
+    other. As `dvc exp run` does, the values are written into params.yaml and stay there (also when a
+    stage fails); `git checkout params.yaml` goes back. With --prefect the same stages run as Prefect
     tasks (retries, artifacts, run log), still through DVC.
     """
     overrides = parse_overrides(set_)
