@@ -2,7 +2,8 @@
 
 The server and the worker are Prefect's own commands run as children: a SIGTERM, SIGINT or SIGHUP sent to
 `lab2prod` is passed on to them (they sit in their own process group, so a terminal's Ctrl-C reaches them
-once, through here), and `lab2prod` exits with their exit code once they have stopped. Commands that talk
+once, through here; Prefect's command passes it on to its own processes), and `lab2prod` exits with their
+exit code once they have stopped. Commands that talk
 to a server check first that one answers, instead of letting Prefect start a temporary one of its own.
 """
 
@@ -73,13 +74,15 @@ def server_url() -> str:
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
-    """Run `cmd` in its own process group and pass SIGINT/SIGTERM/SIGHUP on to that group; its exit code."""
+    """Run `cmd` in its own process group and pass SIGINT/SIGTERM/SIGHUP on to it; its exit code."""
     child = subprocess.Popen(cmd, env=env, process_group=0)
 
     def forward(signum: int, _frame: object) -> None:
+        # To the child alone: Prefect's own command passes it on to its server or worker process once
+        # (a second copy sent to the whole group could leave the worker hanging in its shutdown).
         log.info("%s: passing it on to `%s`", signal.Signals(signum).name, " ".join(cmd[2:5]))
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signum)
+            child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
