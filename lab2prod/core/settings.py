@@ -282,7 +282,7 @@ def validate_params(raw: Any, source: str = str(PARAMS_FILE)) -> Params:
         raise ConfigError(f"invalid settings:\n  {problems}") from None
 
 
-def read_raw(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
+def read_raw(path: Path | str = PARAMS_FILE) -> Any:
     """A params.yaml file as plain data, unvalidated: a ConfigError if it is missing or not YAML."""
     path = Path(path)
     try:
@@ -293,7 +293,7 @@ def read_raw(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return raw if isinstance(raw, dict) else raw  # validate_params says what is wrong with a non-mapping
+    return raw  # validate_params says what is wrong with anything but a mapping
 
 
 def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
