@@ -51,10 +51,15 @@ NO_AUGMENTATION = {
     "augment.crop_scale_min": 1.0,
     "augment.offline_copies": 0,
 }
+OLD_DEFAULT = {"train.batch_size": 128, "train.patience": 10}  # before training was sized by the data
 ARMS: dict[str, dict[str, Any]] = {
     "default": {},
     "plain_cnn": {"train.architecture": "small_cnn", "train.epochs": 5, **NO_AUGMENTATION},
-    "epochs_30": {"train.epochs": 30},  # the default before 2026-12-02
+    "epochs_10": {"train.epochs": 10, **OLD_DEFAULT},  # the default until the data sized the run
+    "epochs_30": {"train.epochs": 30, **OLD_DEFAULT},  # the default before that
+    "steps_500": {"train.min_steps": 500},
+    "steps_2000": {"train.min_steps": 2000},
+    "batch_128": {"train.batch_size": 128},
     "channels_last": {"train.channels_last": True},
     "compile": {"train.compile": True},
 }
@@ -78,6 +83,8 @@ def run_arm(raw: dict, arm: str, seed: int, prepared: Workspace, work: Path) -> 
         "accuracy": metrics["accuracy"],
         "train_seconds": round(seconds, 2),
         "epochs": summary["epochs"],
+        "batch_size": summary["batch_size"],
+        "baseline_accuracy": metrics.get("baseline", {}).get("accuracy"),
         "n_test": metrics["n_test"],
     }
 
@@ -115,7 +122,8 @@ def main(
                 rows.append(row)
                 print(
                     f"seed {seed}  {arm:14s} test {100 * row['accuracy']:6.2f} %  "
-                    f"training {row['train_seconds']:7.1f} s  ({row['epochs']} epochs, {n_train} training images)",
+                    f"training {row['train_seconds']:7.1f} s  ({row['epochs']} epochs of batch {row['batch_size']}, "
+                    f"{n_train} training images; baseline {100 * (row['baseline_accuracy'] or 0):.2f} %)",
                     flush=True,
                 )
     print(f"\nhardware: {describe_machine()}; n = {seeds} seeds; test images per seed: {rows[0]['n_test']}")

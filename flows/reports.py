@@ -43,7 +43,9 @@ def metrics_snapshot(project: Path) -> dict[str, float]:
 
 
 def metrics_table(evaluate: dict[str, Any]) -> str:
-    rows = ["| metric | value |", "|---|---|"]
+    verdict = evaluate.get("verdict")
+    rows = [f"**Verdict**: {verdict['line']}", ""] if verdict else []
+    rows += ["| metric | value |", "|---|---|"]
     flat = flatten(evaluate)
     rows += [f"| {k} | {flat[k]:.4f} |" for k in HEADLINE if k in flat]
     rows += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]

@@ -26,7 +26,7 @@ from sklearn.svm import SVC  # noqa: E402
 from lab2prod.core.console import ParamsFile, run_stage  # noqa: E402
 from lab2prod.core.files import atomic_file, write_json  # noqa: E402
 from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
-from lab2prod.core.scoring import classification_metrics  # noqa: E402
+from lab2prod.core.scoring import classification_metrics, verdict  # noqa: E402
 from lab2prod.core.settings import EvaluateConfig, load_params  # noqa: E402
 from lab2prod.data.dataset import SplitIndex  # noqa: E402
 from models.nets.inputs import iter_split, torch_top1
@@ -92,16 +92,13 @@ def evaluate(cfg: EvaluateConfig, ws: Workspace = WORKSPACE) -> dict:
             "accuracy": accuracy_score(y_true, y_base),
             "f1_macro": f1_score(y_true, y_base, average="macro"),
         }
+    metrics["verdict"] = verdict(metrics["accuracy"], y_true, metrics.get("baseline"), cfg.margin_points)
     metrics["lineage"] = info.lineage.model_dump()
     save_confusion(y_true, y_pred, classes, ws.predictions, ws.confusion_png)
     write_json(ws.evaluate_metrics, metrics)
 
-    line = (
-        f"evaluate: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} on {len(y_true)} test images"
-    )
-    if "baseline" in metrics:
-        line += f"; {cfg.baseline} baseline accuracy {metrics['baseline']['accuracy']:.4f}"
-    log.info(line)
+    log.info("evaluate: macro F1 %.4f on %d test images", metrics["f1_macro"], len(y_true))
+    (log.info if metrics["verdict"]["passed"] else log.warning)("evaluate: %s", metrics["verdict"]["line"])
     return metrics
 
 

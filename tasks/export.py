@@ -1,11 +1,11 @@
 """Stage 6, export: every deployable model as ONNX, checked against PyTorch, benchmarked, described.
 
-Each ONNX file gets a dynamic batch axis, passes `onnx.checker` (full check) and must compute what
-its source computes before anything lands: FP32-derived files (FP32, pruned, sparse, student) match
-their PyTorch model's logits within `export.atol` at each of `export.parity_batch_sizes`; the INT8
-file must agree with the FP32 file's top-1 on at least `compress.int8.min_top1_agreement` of the
-test split (quantization moves logits, so allclose is the wrong test). Only variants the compress
-stage accepted are exported. Then PyTorch eager and every ONNX file are benchmarked side by side.
+Each ONNX file gets a dynamic batch axis, passes `onnx.checker` (full check) and must compute what its source
+computes: FP32-derived files (FP32, pruned, sparse, student) match their PyTorch model's logits within
+`export.atol + export.rtol x |logit|` and top-1 at each of `export.parity_batch_sizes`; the INT8 file must
+agree with FP32's top-1 on `compress.int8.min_top1_agreement` of the test split (quantization moves logits).
+Only variants compress accepted are exported; one that misses its check is rejected with the reason (FP32
+missing it fails the stage). Then PyTorch eager and every ONNX file are benchmarked side by side.
 
 Writes (the directory is replaced atomically):
     artifacts/export/model.onnx            FP32; input "pixels": float32 (batch, C, H, W) = pixel / 255
@@ -28,7 +28,7 @@ from lab2prod.core.settings import Params, load_params
 from lab2prod.data.dataset import SplitBatches, pixels_input
 from lab2prod.monitor import drift
 from lab2prod.serve.runtime import variant_file
-from models.export.checks import drift_reference, export_checked, export_int8
+from models.export.checks import drift_reference, export_checked, export_variant
 from models.export.machine import cpu_features
 from models.export.model_card import write_model_card
 from models.export.speed import SINGLES, measure, onnx_runner, torch_runner
@@ -54,15 +54,16 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
     with atomic_dir(ws.exported) as tmp:
         records = {"fp32": export_checked(net, info, tmp / "model.onnx", "fp32", params, x_test)}
         runners = {"pytorch_eager": torch_runner(net), "onnx_fp32": onnx_runner(tmp / "model.onnx")}
+        missed: dict[str, str] = {}  # a variant that misses parity is rejected; only FP32 missing it fails export
         for name in accepted:
             target = tmp / f"model_{name}.onnx"
-            if name == "int8":
-                records[name] = export_int8(
-                    ws.compressed / "int8.onnx", target, tmp / "model.onnx", info, params, x_test
-                )
-            else:
-                variant_net, variant_info = load_model_file(ws.compressed / f"{name}.pt")
-                records[name] = export_checked(variant_net, variant_info, target, name, params, x_test)
+            try:
+                records[name] = export_variant(name, ws, target, tmp / "model.onnx", params, x_test)
+            except ParityError as exc:
+                log.warning("export: %s REJECTED: %s", name, exc)
+                missed[name] = f"export parity: {exc}"
+                target.unlink(missing_ok=True)
+                continue
             runners[f"onnx_{name}"] = onnx_runner(target)
         log.info("export: %d ONNX file(s) checked; benchmarking %s", len(records), ", ".join(runners))
 
@@ -89,21 +90,20 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
             }
         onnx_names = [n for n in benchmark["variants"] if n.startswith("onnx_")]
         default = min(onnx_names, key=lambda n: benchmark["variants"][n]["batch1_p50_ms"])
-        benchmark["deployable_default"] = default
+        verdict = evaluate.get("verdict") or {"passed": True}
+        benchmark["fastest"] = default  # a model that does not beat the baseline is no deployable default
+        benchmark["deployable_default"] = default if verdict["passed"] else None
+        benchmark["not_deployable"] = None if verdict["passed"] else verdict["line"]
         write_json(tmp / drift.REFERENCE_FILE, drift_reference(tmp / variant_file(default), x_test, info.classes))
-        benchmark["rejected"] = compress.rejected if compress else {}
+        benchmark["rejected"] = {**(compress.rejected if compress else {}), **missed}
         write_model_card(tmp / "model_card.md", info, params, evaluate, benchmark, read_json(ws.prepared / "meta.json"))
 
     write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})
     write_json(ws.benchmark, benchmark)
     eager, fp32 = benchmark["variants"]["pytorch_eager"], benchmark["variants"]["onnx_fp32"]
-    log.info(
-        "export: batch-1 p50 PyTorch eager %.3f ms, ONNX FP32 %.3f ms (%.1fx); deployable default: %s",
-        eager["batch1_p50_ms"],
-        fp32["batch1_p50_ms"],
-        eager["batch1_p50_ms"] / fp32["batch1_p50_ms"],
-        default,
-    )
+    chosen = f"deployable default: {default}" if verdict["passed"] else f"fastest: {default}; {verdict['line']}"
+    e, f = eager["batch1_p50_ms"], fp32["batch1_p50_ms"]
+    log.info("export: batch-1 p50 PyTorch eager %.3f ms, ONNX FP32 %.3f ms (%.1fx); %s", e, f, e / f, chosen)
     return {"files": records, "benchmark": benchmark}
 
 

@@ -25,30 +25,31 @@ from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.core.lineage import git_commit
 from lab2prod.core.settings import Params, load_params
 from models.nets.model_file import Lineage, ModelInfo, save_model_file
+from models.training.budget import training_budget
 from models.training.recipe import (
     build_classifier,
     checkpoint_to_resume,
     initial_network,
     linear_probe_strategy,
+    processes,
     trim_curves,
 )
 from models.training.trainer import EpochLog, make_trainer
-from models.training.training_data import datamodule, inputs_digest
+from models.training.training_data import datamodule, inputs_digest, n_training_images
 
 log = logging.getLogger("tasks.train")  # not __name__: that is __main__ under python -m
 
 
 def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str, Any] | None = None) -> dict:
-    """Train, resume if an unfinished matching run exists, write the model file. Returns a summary.
-
-    `trainer_overrides` are extra lightning.Trainer arguments (e.g. a DDP strategy); callbacks given
-    there are added to ours.
-    """
+    """Train (resuming an unfinished matching run), write the model file; returns a summary. `trainer_overrides`:
+    more lightning.Trainer arguments (e.g. a DDP strategy); callbacks given there are added to ours."""
     cfg = params.train
     meta = read_json(ws.prepared / "meta.json")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     with tempfile.TemporaryDirectory(prefix="lab2prod-weights-") as scratch:
         spec, net, weights = initial_network(params, meta, Path(scratch))
+    budget = training_budget(cfg, n_training_images(ws), processes(cfg))
+    log.info("train: %s", budget.why)
     inputs_hash = inputs_digest(ws)
     fingerprint = f"{inputs_hash}-{params.section_hash('train')}-{weights.sha256}"
     ckpt_dir = ws.train_dir / "checkpoints"
@@ -58,17 +59,19 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
         trim_curves(ws.train_metrics, resume_from)
 
     model = build_classifier(cfg, net, spec.n_classes)
-    data = datamodule(params, ws, cfg.seed)
+    data = datamodule(params, ws, cfg.seed, budget.batch_size)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     overrides = {**linear_probe_strategy(cfg), **(trainer_overrides or {})}
-    stop = EarlyStopping(monitor="val/loss", mode="min", patience=cfg.patience)
+    stop = EarlyStopping(monitor="val/loss", mode="min", patience=budget.patience)
+    logger = DVCLiveLogger(dir=str(ws.train_metrics), save_dvc_exp=False, dvcyaml=None, resume=bool(resume_from))
+    budget.log_to(logger.experiment)  # metrics/train/metrics.json: budget/epochs, budget/steps, ...
     trainer = make_trainer(
-        cfg.epochs,
+        budget.epochs,
         cfg.accelerator,
         cfg.devices,
         cfg.precision,
         callbacks=[best, stop, EpochLog(log, "train"), *overrides.pop("callbacks", [])],
-        logger=DVCLiveLogger(dir=str(ws.train_metrics), save_dvc_exp=False, dvcyaml=None, resume=bool(resume_from)),
+        logger=logger,
         enable_checkpointing=True,
         log_every_n_steps=1,
         default_root_dir=str(ws.train_dir),
@@ -100,12 +103,9 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     )
     save_model_file(ws.model, model.net, info)
     write_json(ckpt_dir / "run.json", {"fingerprint": fingerprint, "complete": True})
-    summary = {
-        "epochs": trainer.current_epoch,
-        "best_val_loss": round(info.best_val_loss, 5),
-        "precision": trainer.precision,
-        "device": str(trainer.strategy.root_device),
-    }
+    summary = {"epochs": trainer.current_epoch, "planned_epochs": budget.epochs, "batch_size": budget.batch_size}
+    summary |= {"best_val_loss": round(info.best_val_loss, 5), "precision": trainer.precision}
+    summary["device"] = str(trainer.strategy.root_device)
     log.info("train: %s; model in %s", summary, ws.model)
     return summary
 

@@ -32,7 +32,7 @@ TINY = {
         "max_accuracy_drop": 100,
         "max_f1_drop": 100,
         "prune": {"finetune_epochs": 1, "round_to": 1},
-        "sparse": {"finetune_epochs": 1},
+        "sparse": {"enabled": True, "finetune_epochs": 1},
         "int8": {"calibration_images": 64, "min_top1_agreement": 0.5},
         "distill": {"epochs": 1, "student_width": 4},
     },

@@ -152,11 +152,15 @@ def start_run(repo: Path, env: dict[str, str], *extra: str, deployment: str = RU
 
 
 def wait_for(repo: Path, env: dict[str, str], run_id: str, timeout: float = 400) -> str:
-    """Poll a flow run until it is terminal; return its state type (COMPLETED, FAILED, ...)."""
+    """Poll a flow run until it is terminal; return its state type (COMPLETED, FAILED, ...).
+
+    Over the REST API, not `prefect flow-run inspect`: each CLI call imports Prefect, seconds of CPU a poll,
+    which on a 2-core machine takes a core from the very run being waited for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = sh(repo, "prefect", "flow-run", "inspect", run_id, "--output", "json", env=env).stdout
-        state = json.loads(out)["state"]["type"]
+        run = api(env, f"/flow_runs/{run_id}")
+        assert isinstance(run, dict)
+        state = run["state"]["type"]
         if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return state
         time.sleep(1)

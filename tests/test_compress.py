@@ -132,6 +132,30 @@ def test_absurd_pruning_is_rejected_and_not_exported(tiny_run: dict[str, Path], 
     assert "pruned: accuracy drops" in (tmp_path / "export/model_card.md").read_text()
 
 
+def test_a_variant_that_misses_its_export_check_is_rejected_and_the_rest_are_exported(
+    tiny_run: dict[str, Path], tmp_path: Path
+) -> None:
+    """Export re-checks every variant; INT8's top-1 agreement with FP32 set to 100 % (compress let it through
+    at 50 %) makes INT8 miss while the FP32-derived files pass: INT8 is rejected with its reason, not the DAG."""
+    agreement = json.loads(tiny_run["compress_metrics"].read_text())["variants"]["int8"]["top1_agreement_with_fp32"]
+    assert agreement < 1.0  # the precondition: the tiny model's INT8 file disagrees with FP32 somewhere
+    strict = validate_params(
+        {**TINY, "compress": {**TINY["compress"], "int8": {**TINY["compress"]["int8"], "min_top1_agreement": 1.0}}}
+    )
+    ws = replace(
+        tiny_run["ws"],
+        exported=tmp_path / "export",
+        export_metrics=tmp_path / "export.json",
+        benchmark=tmp_path / "benchmark.json",
+    )
+    export(strict, ws)
+    bench = json.loads(ws.benchmark.read_text())
+    assert "export parity: int8: top-1 agreement with FP32" in bench["rejected"]["int8"]
+    assert "onnx_int8" not in bench["variants"] and not (tmp_path / "export/model_int8.onnx").exists()
+    assert {"onnx_fp32", "onnx_pruned", "onnx_student"} <= set(bench["variants"])
+    assert "int8: export parity" in (tmp_path / "export/model_card.md").read_text()
+
+
 def result(**scores: float) -> VariantResult:
     return VariantResult(macs=1000, params=100, file="x.pt", bytes=400, **scores)
 

@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -125,6 +126,20 @@ def test_files_outside_class_folders_and_other_suffixes_are_reported(tmp_path: P
     summary = ingest(cfg(source=str(image_folder)), out)
     assert summary["quarantined"]["outside_class_folder"] == 1
     assert summary["quarantined"]["not_an_image_extension"] == 1
+
+
+def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path: Path, image_folder: Path) -> None:
+    """Jupyter's .ipynb_checkpoints, macOS's .DS_Store and __MACOSX left in a source are skipped and reported."""
+    good = next((image_folder / "digit_1").glob("*.png"))
+    for where in (".ipynb_checkpoints", "__MACOSX", "digit_2/.ipynb_checkpoints"):
+        (image_folder / where).mkdir(parents=True)
+        shutil.copy2(good, image_folder / where / "copy.png")
+    (image_folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (image_folder / "digit_0" / "._0.png").write_bytes(good.read_bytes())
+    summary = ingest(cfg(source=str(image_folder)), tmp_path / "prepared")
+    meta = json.loads((tmp_path / "prepared/meta.json").read_text())
+    assert meta["classes"] == ["digit_0", "digit_1", "digit_2"] and summary["images"] == 36
+    assert summary["quarantined"]["hidden"] == 5
 
 
 def test_decode_image_converts_and_resizes() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +64,24 @@ def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> Non
     assert "train.epochs" in json.dumps(shown) or '"epochs": 4' in json.dumps(shown)
     plots = sh(repo, "dvc", "plots", "show", "--json")
     assert "predictions.csv" in plots.stdout
+
+    # A failed experiment leaves the workspace as it found it: params.yaml byte for byte, every output in place
+    before_files = workspace_files(repo)
+    for setting, why in (("ingest.source=/nonexistent/dir", "not a directory"), ("train.precision=abc", "precision")):
+        failed = sh(repo, sys.executable, "-m", "lab2prod.cli.main", "run", "-S", setting, check=False)
+        assert failed.returncode != 0 and why in failed.stdout + failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert workspace_files(repo) == before_files, setting
+
+
+def workspace_files(repo: Path) -> dict[str, str]:
+    """sha256 of every file of the workspace, DVC's and git's own stores and caches left out."""
+    skip = (".git/", ".dvc/", ".lab2prod/", "dvc_plots/")
+    return {
+        str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and not str(p.relative_to(repo)).startswith(skip) and "__pycache__" not in p.parts
+    }
 
 
 def test_bad_params_stop_the_run_naming_the_key_and_leave_nothing(repo: Path) -> None:

@@ -164,6 +164,47 @@ def test_cli_lists_and_explains_errors(project: Path, tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no version 'v0042'" in missing.stderr
 
 
+def test_predict_refuses_a_champion_file_changed_after_registration(
+    project: Path, tmp_path: Path, image_folder: Path
+) -> None:
+    reg = tmp_path / "registry"
+    version = register(reg, project, {}, None)
+    set_champion(reg, version, "first")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"retrain": {"registry_dir": str(reg)}}))
+
+    def predict() -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "lab2prod.cli.main", "predict", str(image_folder / "digit_1")]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+
+    assert predict().returncode == 0
+    served = reg / "versions" / version / champion(reg)["onnx"]
+    served.chmod(0o644)
+    with served.open("ab") as fh:  # still a loadable ONNX file (trailing bytes), but not the registered one
+        fh.write(b"\0")
+    tampered = predict()
+    assert tampered.returncode == 2 and "does not match the registry's record" in tampered.stderr, tampered.stderr
+    assert "Traceback" not in tampered.stderr
+
+
+def test_a_damaged_champion_record_is_a_clear_error_and_deleting_it_falls_back(project: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "registry"
+    v1 = register(reg, project, {"metrics": {"accuracy": 0.5, "f1_macro": 0.4}}, None)
+    set_champion(reg, v1, "first")
+    set_champion(reg, register(reg, project, {"metrics": {"accuracy": 0.6, "f1_macro": 0.5}}, v1), "second")
+    newest = sorted((reg / "pointers").iterdir())[-1]
+    newest.chmod(0o644)
+    newest.write_text("{not json")
+    for args in (["registry", "list", "--registry", str(reg)], ["registry", "promote", v1, "--registry", str(reg)]):
+        proc = subprocess.run([sys.executable, "-m", "lab2prod.cli.main", *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{newest} is not valid JSON" in proc.stderr and "delete it" in proc.stderr
+    newest.write_text(json.dumps({"note": "no version"}))
+    with pytest.raises(RegistryError, match="needs 'version' and 'onnx'"):
+        champion(reg)
+    newest.unlink()
+    assert champion(reg)["version"] == v1
+
+
 def test_gate_promotes_only_a_better_challenger(tiny_run: dict[str, Path], tmp_path: Path) -> None:
     cfg = validate_params({}).retrain
     good = tiny_run["onnx"]
@@ -242,7 +283,7 @@ def test_gate_rejects_a_served_file_that_skipped_exports_checks(tiny_run: dict[s
         cfg,
         checks_failed=problem,
     )
-    assert not verdict.promote and verdict.reason.startswith("compression/export checks: ")
+    assert not verdict.promote and verdict.reason.startswith("not deployable: ")
 
 
 def test_no_champion_and_a_challenger_that_failed_export_checks_is_registered_not_promoted(
@@ -264,6 +305,36 @@ def test_no_champion_and_a_challenger_that_failed_export_checks_is_registered_no
     third = decide_and_register(project, reg, {}, log)  # against a champion now: its split rule is read back
     test_images = manifest(reg, third["version"])["lineage"]["decision"]["test_images"]
     assert test_images["excluded"] == 0 and test_images["used"] > 0 and "seed" in test_images["why"]
+
+
+def test_a_model_that_does_not_beat_the_baseline_is_never_promoted(
+    project: Path, tmp_path: Path, tiny_run: dict[str, Path]
+) -> None:
+    """Evaluate's verdict is part of the gate: with the bar raised past what any model can reach (margin 100
+    points), the same tiny model that passes at the default bar is registered, never promoted, and its card
+    says NOT DEPLOYABLE; the fastest file is still what the registry keeps."""
+    from lab2prod.core.layout import Workspace
+    from lab2prod.serve.runtime import variant_file
+    from tasks.evaluate import evaluate
+    from tasks.export import export
+
+    ws_dir = tmp_path / "strict"
+    shutil.copytree(tiny_run["ws"].prepared.parent.parent, ws_dir, symlinks=True)
+    ws = Workspace.under(ws_dir)
+    strict = validate_params({**TINY, "evaluate": {**TINY["evaluate"], "margin_points": 100.0}})
+    metrics = evaluate(strict.evaluate, ws)
+    assert metrics["verdict"]["passed"] is False and "NOT DEPLOYABLE" in metrics["verdict"]["line"]
+    export(strict, ws)
+    bench = json.loads(ws.benchmark.read_text())
+    assert bench["deployable_default"] is None and bench["fastest"].startswith("onnx_")
+    card = (ws.exported / "model_card.md").read_text()
+    assert "NOT DEPLOYABLE" in card and "Deployable default" not in card
+    (ws_dir / "params.yaml").write_text(yaml.safe_dump(TINY))
+    reg = str(tmp_path / "registry")
+    outcome = decide_and_register(ws_dir, reg, {}, logging.getLogger("test"))
+    assert outcome["promoted"] is False and "evaluate's verdict" in outcome["reason"]
+    assert champion(reg) is None and versions(reg) == ["v0001"]
+    assert manifest(reg, "v0001")["deployable"] == variant_file(bench["fastest"])
 
 
 def _race(reg: str, project: Path, writers: int, expect: object) -> list[tuple[str, str]]:

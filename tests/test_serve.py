@@ -91,6 +91,8 @@ def served(tiny_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
     try:
         wait_for(up, 60, "the server to start")
         not_ready = client.get("/readyz")  # no champion yet
+        png = (tiny_run["ws"].prepared.parent.parent / "plots/confusion_matrix.png").read_bytes()
+        early_feedback = client.post("/feedback", files={"image": ("x.png", png)}, data={"label": "no-such-class"})
         set_champion(registry, "v0001", "test")
         wait_for(lambda: client.get("/readyz").status_code == 200, what="the first champion to load")
         yield {
@@ -99,6 +101,7 @@ def served(tiny_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
             "work": work,
             "onnx": registry / "versions" / "v0001" / manifest(registry, "v0001")["deployable"],
             "not_ready": not_ready,
+            "early_feedback": early_feedback,
             "proc": proc,
         }
     finally:
@@ -112,6 +115,12 @@ def test_not_ready_until_a_champion_exists_then_ready(served: dict[str, Any]) ->
     assert served["not_ready"].status_code == 503 and "no model" in served["not_ready"].json()["detail"]
     assert served["client"].get("/healthz").json() == {"status": "ok"}
     assert served["client"].get("/readyz").json()["model_version"] in ("v0001", "v0002")
+
+
+def test_feedback_before_a_model_is_loaded_is_refused_and_stores_nothing(served: dict[str, Any]) -> None:
+    early = served["early_feedback"]
+    assert early.status_code == 503 and "no model loaded" in early.json()["detail"] and early.headers["retry-after"]
+    assert not (served["work"] / "inbox" / "no-such-class").exists()
 
 
 def test_predictions_match_the_model_on_images_decoded_as_ingest_does(served: dict[str, Any]) -> None:

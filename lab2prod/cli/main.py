@@ -21,7 +21,7 @@ from lab2prod.cli.prefect import server_url, use_prefect
 from lab2prod.cli.registry import app as registry_app
 from lab2prod.cli.registry import registry_location
 from lab2prod.core.console import stage_entry
-from lab2prod.core.dvc import dvc_command, dvc_env
+from lab2prod.core.dvc import WorkspaceSnapshot, dvc_command, dvc_env
 from lab2prod.core.errors import ConfigError, DataError
 from lab2prod.core.settings import apply_overrides, load_params, validate_params
 
@@ -76,7 +76,23 @@ def run(
         args = ["repro"]
     args += (["--force"] if force else []) + list(stages or [])
     log.info("lab2prod run: dvc %s", " ".join(args))
-    raise typer.Exit(subprocess.call(dvc_command(*args), env=dvc_env()))
+    if not overrides:
+        raise typer.Exit(subprocess.call(dvc_command(*args), env=dvc_env()))
+    snapshot = WorkspaceSnapshot(Path.cwd())  # a failed experiment must leave the workspace as it found it
+    try:
+        code = subprocess.call(dvc_command(*args), env=dvc_env())
+        if code != 0:
+            restored = snapshot.restore()
+            log.error(
+                "lab2prod run: the experiment failed (exit %d); %s",
+                code,
+                "params.yaml, dvc.lock and every output are back as they were"
+                if restored == 0
+                else f"params.yaml and dvc.lock are back, but `dvc checkout` exited {restored}: run it again",
+            )
+    finally:
+        snapshot.discard()
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -95,17 +111,19 @@ def predict(
     from rich.table import Table
 
     from lab2prod.data.images import IMAGE_SUFFIXES
-    from lab2prod.registry.store import champion_model
+    from lab2prod.registry.store import champion, champion_model
     from lab2prod.serve.predict import Classifier, classify, image_files, write_csv
 
+    expected = None
     if model is None:
         where = registry_location(registry)
-        model = champion_model(where)
-        if model is None:
+        model, current = champion_model(where), champion(where)
+        if model is None or current is None:
             raise DataError(
                 f"registry {where} has no champion yet: run `lab2prod retrain`, or name an ONNX file with --model"
             )
-    classifier = Classifier.load(model)
+        expected = current["onnx_sha256"]
+    classifier = Classifier.load(model, expected)
     files = image_files(paths)
     if not files:
         raise DataError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")

@@ -16,3 +16,67 @@ def dvc_env() -> dict[str, str]:
 def dvc_command(*args: str) -> list[str]:
     """argv for `dvc <args>` with this interpreter's DVC."""
     return [sys.executable, "-m", "dvc", *args]
+
+
+class WorkspaceSnapshot:
+    """What `dvc exp run` may change in a project, kept so that a failed run can be undone: params.yaml and
+    dvc.lock byte for byte, and every uncached output of dvc.yaml (metrics, plots, checkpoints: `dvc checkout`
+    cannot bring those back). Cached outputs come back from DVC's cache with `dvc checkout` once dvc.lock is
+    restored. Kept in .dvc/tmp (git-ignored, same filesystem) and removed afterwards."""
+
+    def __init__(self, project: Path) -> None:
+        import shutil
+        import tempfile
+
+        import yaml
+
+        self.project = project.resolve()
+        tmp = self.project / ".dvc" / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix="lab2prod-run-", dir=tmp))
+        stages = (yaml.safe_load((self.project / "dvc.yaml").read_text()) or {}).get("stages", {})
+        uncached = {"params.yaml", "dvc.lock"}
+        for stage in stages.values():
+            for kind in ("outs", "metrics", "plots"):
+                for entry in stage.get(kind, []) or []:
+                    if isinstance(entry, dict):
+                        ((name, opts),) = entry.items()
+                        if not (opts or {}).get("cache", True):
+                            uncached.add(name)
+        self.kept: dict[str, bool] = {}  # relative path -> existed before
+        for name in sorted(uncached):
+            src, dst = self.project / name, self.scratch / name
+            self.kept[name] = src.exists()
+            if src.is_dir():
+                shutil.copytree(src, dst, symlinks=True)
+            elif src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+
+    def restore(self) -> int:
+        """Put every kept file back as it was (deleting what did not exist), then `dvc checkout` the cached
+        outputs that dvc.lock names. Returns checkout's exit code."""
+        import shutil
+        import subprocess
+
+        for name, existed in self.kept.items():
+            target = self.project / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            if existed:
+                src = self.scratch / name
+                if src.is_dir():
+                    shutil.copytree(src, target, symlinks=True)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, target)
+        return subprocess.call(
+            dvc_command("checkout", "--force", "--quiet"), cwd=self.project, env=dvc_env(), stdout=subprocess.DEVNULL
+        )
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.scratch, ignore_errors=True)

@@ -30,3 +30,31 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         for c in classes
     }
     return metrics
+
+
+def verdict(
+    accuracy: float, y_true: np.ndarray, baseline: dict[str, Any] | None, margin_points: float
+) -> dict[str, Any]:
+    """Does the model earn its keep? It must beat chance (always answering the largest class) and the baseline
+    by more than `margin_points` of test accuracy. Returns the references, the outcome and a one-line reason."""
+    chance = float(np.bincount(y_true).max() / len(y_true)) if len(y_true) else 0.0
+    references = {"chance (largest class)": chance}
+    if baseline is not None:
+        references[f"{baseline['model']} baseline"] = float(baseline["accuracy"])
+    name, bar = max(references.items(), key=lambda kv: kv[1])
+    gain = 100 * (accuracy - bar)
+    passed = gain > margin_points
+    line = (
+        f"accuracy {100 * accuracy:.2f} % vs {name} {100 * bar:.2f} %: {gain:+.2f} points"
+        + (f" (needs more than {margin_points:+.2f})" if margin_points else "")
+        + ("" if passed else " -- NOT DEPLOYABLE: the model does not beat it; nothing is promoted")
+    )
+    return {
+        "passed": passed,
+        "against": name,
+        "reference_accuracy": bar,
+        "gain_points": round(gain, 4),
+        "margin_points": margin_points,
+        "chance_accuracy": chance,
+        "line": line,
+    }

@@ -95,13 +95,21 @@ class TrainConfig(_Section):
     compile: bool = False  # torch.compile the network (in place) for training
     width: Annotated[int, Field(ge=4, le=512)] = 32
     dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 10
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
+    # "auto": sized by the data (models/training/budget.py): batches of ~1/32 of the training split (16..128),
+    # epochs enough for min_steps optimizer steps (at least min_epochs, at most max_epochs); an int fixes it
+    epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=10_000)] = "auto"
+    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=65_536)] = "auto"
+    min_steps: Annotated[int, Field(ge=1, le=10_000_000)] = 1000  # epochs "auto": at least this many steps
+    min_epochs: Annotated[int, Field(ge=1, le=10_000)] = 5  # epochs "auto": at least this many epochs
+    max_epochs: Annotated[int, Field(ge=1, le=10_000)] = 300  # epochs "auto": at most this many epochs
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 3e-3
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 5e-4
     label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
-    patience: Annotated[int, Field(ge=1)] = 10
-    precision: str = "auto"
+    patience: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"  # "auto": a third of the epochs, at least 5
+    # Lightning's precision names, checked here rather than deep inside Lightning after the data is loaded
+    precision: Literal[
+        "auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16", "64"
+    ] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     seed: int = 0
@@ -123,7 +131,9 @@ class TrainConfig(_Section):
                 f"layer_decay = {self.layer_decay:g} needs a timm backbone (its layers are grouped by timm); "
                 f"the built-in {self.architecture!r} has none: set layer_decay to 1"
             )
-        if self.freeze_epochs >= self.epochs:
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs = {self.min_epochs} is above max_epochs = {self.max_epochs}")
+        if isinstance(self.epochs, int) and self.freeze_epochs >= self.epochs:
             raise ValueError(f"freeze_epochs = {self.freeze_epochs} leaves none of the {self.epochs} epochs to tune")
         return self
 
@@ -132,20 +142,23 @@ class EvaluateConfig(_Section):
     baseline: Literal["svc", "logistic", "none"] = "svc"
     baseline_c: Annotated[float, Field(gt=0.0)] = 10.0
     baseline_max_images: Annotated[int, Field(ge=10)] = 5000
+    # the model must beat both the baseline's and chance's (the largest class's share) test accuracy by more than
+    # this many points, else the run is marked not deployable and the gate never promotes it; negative lowers the bar
+    margin_points: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
 
 
 class PruneConfig(_Section):
     enabled: bool = True
     target_macs: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     round_to: Annotated[int, Field(ge=1, le=64)] = 8
-    finetune_epochs: Annotated[int, Field(ge=0, le=1000)] = 10
+    finetune_epochs: Literal["auto"] | Annotated[int, Field(ge=0, le=1000)] = "auto"  # auto: compress.finetune_share
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
 
 
 class SparseConfig(_Section):
-    enabled: bool = True
+    enabled: bool = False  # same dense shapes: ONNX Runtime runs it no faster and it is no smaller
     sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    finetune_epochs: Annotated[int, Field(ge=0, le=1000)] = 5
+    finetune_epochs: Literal["auto"] | Annotated[int, Field(ge=0, le=1000)] = "auto"  # auto: compress.finetune_share
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
 
 
@@ -161,7 +174,7 @@ class DistillConfig(_Section):
     enabled: bool = True
     student_architecture: str = "auto"  # "auto": the teacher's built-in network (small_cnn for a timm teacher)
     student_width: Annotated[int, Field(ge=4, le=512)] = 16
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 20
+    epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=10_000)] = "auto"  # auto: compress.distill_share
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 3e-3
     temperature: Annotated[float, Field(gt=0.0, le=20.0)] = 4.0
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
@@ -176,6 +189,10 @@ class CompressConfig(_Section):
     max_accuracy_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
     max_f1_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
     seed: int = 0
+    # "auto" fine-tuning / distillation epochs, as a share of the epochs the trained model ran (at least 1):
+    # compression costs a fraction of training, whatever the data's size
+    finetune_share: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+    distill_share: Annotated[float, Field(gt=0.0, le=10.0)] = 0.5
     prune: PruneConfig = PruneConfig()
     sparse: SparseConfig = SparseConfig()
     int8: Int8Config = Int8Config()
@@ -185,11 +202,12 @@ class CompressConfig(_Section):
 class ExportConfig(_Section):
     opset: Annotated[int, Field(ge=17, le=21)] = 18
     atol: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
+    rtol: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-3  # plus this share of the logit's magnitude
     parity_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [1, 7]
     benchmark_calls: Annotated[int, Field(ge=10, le=1_000_000)] = 2000
     benchmark_batch: Annotated[int, Field(ge=2, le=4096)] = 64
     benchmark_batch_calls: Annotated[int, Field(ge=5, le=100_000)] = 300
-    benchmark_seconds: Annotated[float, Field(gt=0.0)] = 300.0
+    benchmark_seconds: Annotated[float, Field(gt=0.0)] = 20.0
 
 
 class RetrainConfig(_Section):

@@ -98,8 +98,14 @@ def list_folder(
             "subfolder per class, or set it to 'digits'."
         )
     entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
+    hidden = [e for e in entries if _is_hidden(e["name"].rstrip("/").rsplit("/", 1)[-1])]
+    entries = [e for e in entries if e not in hidden]
     class_dirs = [e["name"] for e in entries if e["type"] == "directory"]
     rejected = [
+        Rejected(e["name"], "", "hidden", "a hidden entry (.ipynb_checkpoints, .DS_Store, ...): not a class, skipped")
+        for e in hidden
+    ]
+    rejected += [
         Rejected(e["name"], "", "outside_class_folder", "files must sit in a <class>/ subfolder")
         for e in entries
         if e["type"] != "directory"
@@ -111,13 +117,20 @@ def list_folder(
     for d, name in zip(class_dirs, names, strict=True):
         for path, info in sorted(fs.find(d, detail=True).items()):
             link = _link_problem(fs, path, info)
-            if link:
+            if any(_is_hidden(part) for part in path[len(d.rstrip("/")) :].split("/")):
+                rejected.append(Rejected(path, name, "hidden", "inside a hidden folder or a hidden file: skipped"))
+            elif link:
                 rejected.append(Rejected(path, name, *link))
             elif Path(path).suffix.lower() not in IMAGE_SUFFIXES:
                 rejected.append(Rejected(path, name, "not_an_image_extension", f"suffix {Path(path).suffix!r}"))
             else:
                 files.append(SourceFile(path, name, cache_key(skey, fs.unstrip_protocol(path), _identity(info))))
     return names, files, rejected
+
+
+def _is_hidden(name: str) -> bool:
+    """Names tools leave behind that are never data: .ipynb_checkpoints, .DS_Store, .git, __MACOSX."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _link_problem(fs: fsspec.AbstractFileSystem, path: str, info: dict) -> tuple[str, str] | None:

@@ -51,7 +51,26 @@ class Store:
         return self.fs.exists(self.path(*parts))
 
     def read_json(self, *parts: str) -> Any:
-        return json.loads(self.fs.cat_file(self.path(*parts)))
+        """A registry record; RegistryError naming the file when it is not JSON (damaged outside lab2prod)."""
+        raw = self.fs.cat_file(self.path(*parts))
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(
+                f"{self.url(*parts)} is not valid JSON ({exc}; {len(raw)} bytes): the registry file was damaged "
+                "outside lab2prod. Restore it from a backup"
+                + (
+                    ", or delete it: the champion falls back to the record before it"
+                    if parts and parts[0] == "pointers"
+                    else ""
+                )
+            ) from None
+        if parts and parts[0] == "pointers" and not (isinstance(record, dict) and {"version", "onnx"} <= set(record)):
+            raise RegistryError(
+                f"{self.url(*parts)}: a champion record needs 'version' and 'onnx'; it has {record!r:.200}. "
+                "Delete it (the champion falls back to the record before it) or restore it from a backup"
+            )
+        return record
 
     def write_json(self, obj: Any, *parts: str) -> None:
         if self.local:

@@ -92,6 +92,16 @@ def export_problem(export_metrics: Path, onnx_name: str) -> str | None:
     return None
 
 
+def verdict_problem(evaluate_metrics: Path) -> str | None:
+    """Why evaluate found the challenger not worth deploying (it does not beat the baseline or chance), or None.
+
+    Runs evaluated before the verdict existed carry none and pass."""
+    if not evaluate_metrics.exists():
+        return f"{evaluate_metrics} is missing: the model was not evaluated"
+    verdict = read_json(evaluate_metrics).get("verdict")
+    return None if verdict is None or verdict["passed"] else f"evaluate's verdict: {verdict['line']}"
+
+
 def unseen_by(rule: dict[str, Any] | None, hashes: list[str]) -> tuple[np.ndarray, str]:
     """Which images a model split by `rule` (meta.json's split_rule) never trained or validated on."""
     if not rule:
@@ -115,7 +125,7 @@ def decide(
 ) -> Decision:
     """Score both models on the test images of `prepared` that neither trained on; the verdict in words.
 
-    `checks_failed` (from `export_problem`) rejects the challenger whatever its scores;
+    `checks_failed` (from `export_problem` or `verdict_problem`) rejects the challenger whatever its scores;
     `champion_rule` is the split rule of the champion's data (its registered meta.json).
     """
     index = SplitIndex.read(prepared, "test")
@@ -129,7 +139,7 @@ def decide(
     new_pred = onnx_top1(challenger_onnx, x) if len(y_true) else y_true
     new = score(y_true, new_pred, classes) if len(y_true) else {}
     if checks_failed:
-        return Decision(False, f"compression/export checks: {checks_failed}", {}, {"challenger": new}, used)
+        return Decision(False, f"not deployable: {checks_failed}", {}, {"challenger": new}, used)
     if champion_onnx is None:
         return Decision(True, "no champion yet: the first model becomes champion", {}, {"challenger": new}, used)
     if len(y_true) < cfg.min_test_images:

@@ -17,7 +17,7 @@ from lab2prod.core.files import read_json
 from lab2prod.core.layout import Workspace
 from lab2prod.core.lineage import git_commit
 from lab2prod.core.settings import load_params
-from lab2prod.registry.gate import decide, export_problem
+from lab2prod.registry.gate import decide, export_problem, verdict_problem
 from lab2prod.registry.store import (
     ChampionChanged,
     champion,
@@ -50,7 +50,7 @@ def decide_and_register(
             ws.prepared,
             meta["classes"],
             params.retrain,
-            checks_failed=export_problem(ws.export_metrics, served),
+            checks_failed=verdict_problem(ws.evaluate_metrics) or export_problem(ws.export_metrics, served),
             champion_rule=champion_rule,
         )
     evaluate = read_json(ws.evaluate_metrics)

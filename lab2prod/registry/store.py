@@ -134,9 +134,9 @@ def local_copy(registry: Path | str, version: str, file: str, scratch: Path) -> 
 
 def deployable_name(benchmark_file: Path) -> str:
     """The ONNX file a run would serve: export's deployable default (the fastest variant that passed the
-    compression gates), else the FP32 model.onnx."""
+    compression gates; for a run evaluate found not deployable, the fastest checked one), else model.onnx."""
     benchmark = read_json(benchmark_file) if benchmark_file.exists() else {}
-    return variant_file(benchmark.get("deployable_default", "onnx_fp32"))
+    return variant_file(benchmark.get("deployable_default") or benchmark.get("fastest") or "onnx_fp32")
 
 
 def _stage_version(

@@ -104,6 +104,13 @@ def create_app(
     async def feedback(request: Request) -> JSONResponse:
         """A labelled correction: `image` (file) and `label` (one of the model's classes) as multipart form fields."""
         model = holder.current
+        if model is None:  # a label can only be checked against the classes of a model being served
+            raise HTTPException(
+                503,
+                "no model loaded yet: a label cannot be checked against the served model's classes; retry when "
+                "/readyz answers 200",
+                headers={"Retry-After": str(max(1, round(cfg.reload_interval_s)))},
+            )
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(
                 415, "send a multipart form with an `image` file and a `label` field, e.g. -F image=@x.png -F label=7"
@@ -127,7 +134,7 @@ def create_app(
                 server.feedback_dir,
                 data,
                 label,
-                model.classifier.classes if model else None,
+                model.classifier.classes,
                 False,
                 cfg.max_image_pixels,
             )

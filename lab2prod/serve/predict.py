@@ -39,13 +39,21 @@ class Classifier:
     variant: str = "fp32"
 
     @classmethod
-    def load(cls, model: str) -> Classifier:
-        """An ONNX file written by lab2prod's export (a path or any fsspec URL)."""
+    def load(cls, model: str, sha256: str | None = None) -> Classifier:
+        """An ONNX file written by lab2prod's export (a path or any fsspec URL); with `sha256` (the registry's
+        record of it) a file whose bytes differ is refused, as the server refuses it."""
         try:
             with fsspec.open(model, "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
             raise DataError(f"model {model}: no such file; run the pipeline or name one with --model") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 and digest != sha256:
+            raise DataError(
+                f"model {model}: sha256 {digest[:16]}... does not match the registry's record {sha256[:16]}...: "
+                "the file was changed after it was registered; not used. `lab2prod registry rollback` or "
+                "`lab2prod registry promote VERSION` picks an intact version"
+            )
         return cls.from_bytes(data, model)
 
     @classmethod

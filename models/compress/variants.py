@@ -29,10 +29,11 @@ from models.export.onnx_export import to_onnx
 from models.nets.inputs import torch_top1
 from models.nets.model_file import ModelInfo, save_model_file
 from models.nets.networks import ModelSpec, count_macs_and_params
+from models.training.budget import share_of, training_budget
 from models.training.classifier import DistillationModule, ImageClassifier
 from models.training.data import ShardDataModule
 from models.training.trainer import make_trainer
-from models.training.training_data import datamodule
+from models.training.training_data import datamodule, n_training_images
 
 log = logging.getLogger("models.compress.variants")
 
@@ -89,7 +90,14 @@ class VariantBuilder:
         self.params, self.ws, self.teacher, self.info, self.out, self.scratch = params, ws, teacher, info, out, scratch
         self.cfg = params.compress
         self.x_test = SplitBatches(ws.prepared, "test")  # streamed from the shards at every scoring pass
-        self.data = datamodule(params, ws, self.cfg.seed)
+        batch = training_budget(params.train, n_training_images(ws)).batch_size  # the training run's batches
+        self.data = datamodule(params, ws, self.cfg.seed, batch)
+        trained = max(1, info.epochs_trained or 10)  # files written before the count was kept: 10
+        self.epochs = {  # each "auto" a share of the training run, so compress costs a fraction of it
+            "pruned": share_of(self.cfg.prune.finetune_epochs, self.cfg.finetune_share, trained),
+            "sparse": share_of(self.cfg.sparse.finetune_epochs, self.cfg.finetune_share, trained),
+            "student": share_of(self.cfg.distill.epochs, self.cfg.distill_share, trained),
+        }
         reference = scratch / "fp32.pt"
         save_model_file(reference, teacher, info)
         self.fp32 = self.describe(teacher, reference).model_copy(update={"file": str(ws.model)})
@@ -113,8 +121,9 @@ class VariantBuilder:
         p = self.cfg.prune
         log.info("compress: structured pruning to <= %.0f%% of the MACs", 100 * p.target_macs)
         net = structured_prune(self.teacher, self.info.image_shape, p.target_macs, p.round_to)
-        if p.finetune_epochs:
-            net = finetune(self._classifier(net, p.lr), self.data, p.finetune_epochs, self.cfg.seed)
+        if self.epochs["pruned"]:
+            log.info("compress: fine-tuning the pruned network for %d epochs", self.epochs["pruned"])
+            net = finetune(self._classifier(net, p.lr), self.data, self.epochs["pruned"], self.cfg.seed)
         save_model_file(self.out / "pruned.pt", net, self.info.model_copy(update={"variant": "pruned"}))
         result = self.describe(net, self.out / "pruned.pt")
         return result.model_copy(update={"macs_vs_fp32": result.macs / self.fp32.macs, "macs_target": p.target_macs})
@@ -123,16 +132,16 @@ class VariantBuilder:
         s = self.cfg.sparse
 
         def finetune_sparse(net: nn.Module) -> nn.Module:
-            return finetune(self._classifier(net, s.lr), self.data, s.finetune_epochs, self.cfg.seed)
+            return finetune(self._classifier(net, s.lr), self.data, self.epochs["sparse"], self.cfg.seed)
 
-        net, sparsity = unstructured_prune(self.teacher, s.sparsity, finetune_sparse if s.finetune_epochs else None)
+        net, sparsity = unstructured_prune(self.teacher, s.sparsity, finetune_sparse if self.epochs["sparse"] else None)
         save_model_file(self.out / "sparse.pt", net, self.info.model_copy(update={"variant": "sparse"}))
         return self.describe(net, self.out / "sparse.pt", sparsity=sparsity)
 
     def student(self) -> VariantResult:
         d = self.cfg.distill
         spec = student_spec(self.info.spec, d, read_json(self.ws.prepared / "meta.json"))
-        log.info("compress: distilling into a %s student for %d epochs", spec.architecture, d.epochs)
+        log.info("compress: distilling into a %s student for %d epochs", spec.architecture, self.epochs["student"])
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)  # the student's initial weights
         module = DistillationModule(
             spec.build(),
@@ -143,7 +152,7 @@ class VariantBuilder:
             temperature=d.temperature,
             alpha=d.alpha,
         )
-        net = finetune(module, self.data, d.epochs, self.cfg.seed)
+        net = finetune(module, self.data, self.epochs["student"], self.cfg.seed)
         save_model_file(self.out / "student.pt", net, self.info.model_copy(update={"variant": "student", "spec": spec}))
         return self.describe(net, self.out / "student.pt")
 

@@ -12,12 +12,14 @@ import onnx
 import torch
 
 from lab2prod.core.errors import ParityError
+from lab2prod.core.layout import Workspace
 from lab2prod.core.settings import Params
 from lab2prod.data.dataset import SplitBatches, array_batches, pixels_input
 from lab2prod.monitor import drift
 from lab2prod.serve.runtime import logits, onnx_top1, session
 from models.export.onnx_export import add_metadata, check_parity, to_onnx
 from models.nets.inputs import torch_top1
+from models.nets.model_file import load_model_file
 
 
 def export_checked(
@@ -30,16 +32,27 @@ def export_checked(
     onnx.checker.check_model(str(path), full_check=True)
     sess = session(path)
     diffs = check_parity(
-        net, sess, x_test.first(max(cfg.parity_batch_sizes)), cfg.parity_batch_sizes, cfg.atol, variant
+        net, sess, x_test.first(max(cfg.parity_batch_sizes)), cfg.parity_batch_sizes, cfg.atol, variant, cfg.rtol
     )
     agreement = float((torch_top1(net, x_test) == onnx_top1(sess, x_test)).mean())
     return {
         "file": path.name,
         "max_abs_logit_diff": diffs,
         "atol": cfg.atol,
+        "rtol": cfg.rtol,
         "test_top1_agreement": agreement,
         "onnx_bytes": path.stat().st_size,
     }
+
+
+def export_variant(
+    name: str, ws: Workspace, target: Path, fp32_onnx: Path, params: Params, x_test: SplitBatches
+) -> dict[str, Any]:
+    """One accepted compressed variant as ONNX, checked: the INT8 file against FP32, the others against PyTorch."""
+    if name == "int8":
+        return export_int8(ws.compressed / "int8.onnx", target, fp32_onnx, load_model_file(ws.model)[1], params, x_test)
+    net, info = load_model_file(ws.compressed / f"{name}.pt")
+    return export_checked(net, info, target, name, params, x_test)
 
 
 def export_int8(

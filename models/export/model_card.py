@@ -37,13 +37,24 @@ def write_model_card(
     meta: dict[str, Any],
 ) -> None:
     machine, variants = benchmark["machine"], benchmark["variants"]
-    default = benchmark["deployable_default"]
+    default = benchmark["deployable_default"] or benchmark["fastest"]
+    verdict = evaluate.get("verdict")
+    if benchmark["deployable_default"]:
+        headline = (
+            f"**Deployable default: `{_file_of(default)}`** ({default}: the fastest accepted ONNX file at batch 1 "
+            "on the machine below)."
+        )
+    else:
+        headline = (
+            f"**NOT DEPLOYABLE**: {benchmark['not_deployable']}. Fastest checked file: `{_file_of(default)}`; "
+            "the registry keeps it, the gate does not promote it. More data, a longer run (`train.min_steps`) "
+            "or a pretrained backbone (`train.pretrained`) are the usual remedies."
+        )
     h, w, c = info.image_shape
     lines = [
         "# Model card",
         "",
-        f"**Deployable default: `{_file_of(default)}`** ({default}: the fastest accepted ONNX file at batch 1 "
-        "on the machine below).",
+        headline,
         "",
         "## Intended use",
         f"Image classification into {len(info.classes)} classes: {', '.join(info.classes)}. "
@@ -69,7 +80,8 @@ def write_model_card(
             f"; {evaluate['baseline']['model']} baseline on raw pixels: {_pct(evaluate['baseline']['accuracy'])}."
             if "baseline" in evaluate
             else "."
-        ),
+        )
+        + (f" Verdict: {verdict['line']}." if verdict else ""),
         "",
         "## Variants, side by side",
         f"Measured on: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, "

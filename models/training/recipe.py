@@ -155,9 +155,13 @@ def build_classifier(cfg: TrainConfig, net: nn.Module, n_classes: int) -> ImageC
 def linear_probe_strategy(cfg: TrainConfig) -> dict[str, Any]:
     """DDP's strategy told to expect parameters without gradients, when a linear probe freezes the backbone
     on more than one device (plain DDP stops at the first step that leaves a parameter without one)."""
+    return {"strategy": "ddp_find_unused_parameters_true"} if cfg.freeze_epochs and processes(cfg) > 1 else {}
+
+
+def processes(cfg: TrainConfig) -> int:
+    """Training processes on this machine: the device count asked for, or every GPU under "auto"."""
     gpus = torch.cuda.device_count() if cfg.accelerator in ("auto", "gpu", "cuda") else 0
-    processes = cfg.devices if isinstance(cfg.devices, int) else max(gpus, 1)
-    return {"strategy": "ddp_find_unused_parameters_true"} if cfg.freeze_epochs and processes > 1 else {}
+    return cfg.devices if isinstance(cfg.devices, int) else max(gpus, 1)
 
 
 def initial_network(params: Params, meta: dict[str, Any], scratch: Path) -> tuple[ModelSpec, nn.Module, WeightsSource]:

@@ -10,6 +10,7 @@ from lab2prod.core.errors import DataError
 from lab2prod.core.files import files_digest, read_json
 from lab2prod.core.layout import Workspace
 from lab2prod.core.settings import AugmentConfig, Params
+from lab2prod.data.dataset import SplitIndex
 from models.training.augmentation import POLICY_FILE, build_augmenter
 from models.training.data import ShardDataModule
 
@@ -34,13 +35,20 @@ def inputs_digest(ws: Workspace) -> str:
     return files_digest(*training_inputs(ws))
 
 
-def datamodule(params: Params, ws: Workspace, seed: int) -> ShardDataModule:
+def n_training_images(ws: Workspace) -> int:
+    """Images one training epoch goes through: the train split and augment's offline copies, if any."""
+    n = len(SplitIndex.read(ws.prepared, "train").labels)
+    copies = ws.augmented / COPIES / "index.csv"
+    return n + (len(SplitIndex.read(ws.augmented, COPIES).labels) if copies.is_file() else 0)
+
+
+def datamodule(params: Params, ws: Workspace, seed: int, batch_size: int) -> ShardDataModule:
     rules = policy(ws)
     augment = AugmentConfig.model_validate(rules["settings"])
     copies = ws.augmented / COPIES
     return ShardDataModule(
         ws.prepared,
-        params.train.batch_size,
+        batch_size,
         seed,
         loader=params.train.loader,
         memory_limit_mb=params.train.memory_limit_mb,
