@@ -59,6 +59,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "epochs_30": {"train.epochs": 30, **OLD_DEFAULT},  # the default before that
     "steps_500": {"train.min_steps": 500},
     "steps_2000": {"train.min_steps": 2000},
+    "steps_500_lr01": {"train.min_steps": 500, "train.lr": 0.01},
     "batch_128": {"train.batch_size": 128},
     "channels_last": {"train.channels_last": True},
     "compile": {"train.compile": True},

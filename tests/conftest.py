@@ -25,7 +25,9 @@ TINY = {
     "ingest": {"image_size": 8, "extra_sources": []},
     "augment": {"preview_images": 2},
     "train": {"width": 8, "epochs": 4, "batch_size": 128, "lr": 0.01, "accelerator": "cpu"},
-    "evaluate": {"baseline": "logistic", "baseline_c": 1.0},
+    # A 4-epoch model of width 8 need not beat the baseline; the bar is lowered on purpose so that the tiny run
+    # is deployable (tests/test_registry.py tests a run that is not).
+    "evaluate": {"baseline": "logistic", "baseline_c": 1.0, "margin_points": -100.0},
     # Generous gates: two-epoch tiny models are not what the thresholds are for; every variant's
     # path gets exercised. Rejection is tested on its own with the real thresholds.
     "compress": {

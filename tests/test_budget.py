@@ -79,4 +79,4 @@ def test_small_data_gets_enough_optimizer_steps_to_learn(tmp_path: Path, image_f
     assert planned["steps"] >= 150 and planned["batch_size"] == 16
     assert steps >= 150 or summary["epochs"] < summary["planned_epochs"]  # all of it, unless stopped early
     metrics = evaluate(params.evaluate, ws)
-    assert metrics["accuracy"] > 0.6 and metrics["verdict"]["chance_accuracy"] < 0.5
+    assert metrics["accuracy"] > max(0.6, metrics["verdict"]["chance_accuracy"])

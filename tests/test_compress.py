@@ -72,7 +72,7 @@ def test_student_is_narrower_and_distillation_leaves_the_teacher_alone(tiny_run:
     _, info = load_model_file(tiny_run["model"])
     student = info.spec.model_copy(update={"width": 4}).build()
     module = DistillationModule(student, teacher, 10, lr=0.01, weight_decay=0.0, temperature=4.0, alpha=0.7)
-    data = datamodule(validate_params(TINY), tiny_run["ws"], 0)
+    data = datamodule(validate_params(TINY), tiny_run["ws"], 0, 128)
     finetune(module, data, epochs=1, seed=0)
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN running stats unchanged

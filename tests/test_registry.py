@@ -197,9 +197,10 @@ def test_a_damaged_champion_record_is_a_clear_error_and_deleting_it_falls_back(p
     for args in (["registry", "list", "--registry", str(reg)], ["registry", "promote", v1, "--registry", str(reg)]):
         proc = subprocess.run([sys.executable, "-m", "lab2prod.cli.main", *args], capture_output=True, text=True)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert f"{newest} is not valid JSON" in proc.stderr and "delete it" in proc.stderr
+        said = " ".join(proc.stderr.split())  # rich wraps long lines
+        assert newest.name in said and "is not valid JSON" in said and "delete it" in said, said
     newest.write_text(json.dumps({"note": "no version"}))
-    with pytest.raises(RegistryError, match="needs 'version' and 'onnx'"):
+    with pytest.raises(RegistryError, match="needs a 'version'"):
         champion(reg)
     newest.unlink()
     assert champion(reg)["version"] == v1

@@ -65,9 +65,9 @@ class Store:
                     else ""
                 )
             ) from None
-        if parts and parts[0] == "pointers" and not (isinstance(record, dict) and {"version", "onnx"} <= set(record)):
+        if parts and parts[0] == "pointers" and not (isinstance(record, dict) and "version" in record):
             raise RegistryError(
-                f"{self.url(*parts)}: a champion record needs 'version' and 'onnx'; it has {record!r:.200}. "
+                f"{self.url(*parts)}: a champion record needs a 'version'; it has {record!r:.200}. "
                 "Delete it (the champion falls back to the record before it) or restore it from a backup"
             )
         return record
