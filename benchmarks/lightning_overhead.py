@@ -29,17 +29,25 @@ from lab2prod.core.settings import load_params
 from models.export.machine import describe_machine as hardware
 from models.nets.inputs import load_split, to_model_input
 from models.nets.networks import ModelSpec
+from models.nets.weights import WeightsSource
+from models.training.budget import training_budget
 from models.training.data import ArrayBatches, EpochBatches, ShardDataModule
 from models.training.recipe import build_classifier, network_spec
 from models.training.trainer import make_trainer
+from models.training.training_data import n_training_images
 from tasks.augment import augment
 from tasks.ingest import ingest
 
 
+def batch_size(ws: Workspace, params) -> int:
+    """The batch size the train stage would use on this data (train.batch_size, or sized by the data)."""
+    return training_budget(params.train, n_training_images(ws)).batch_size
+
+
 def lightning_epoch(spec: ModelSpec, ws: Workspace, params) -> float:
     cfg = params.train
-    model = build_classifier(cfg, spec)
-    dm = ShardDataModule(ws.prepared, cfg.batch_size, cfg.seed, loader="memory")  # no augmentation: as the loop
+    model = build_classifier(cfg, spec.build(), spec.n_classes)
+    dm = ShardDataModule(ws.prepared, batch_size(ws, params), cfg.seed, loader="memory")  # no augmentation: as the loop
     trainer = make_trainer(1, accelerator="cpu", enable_progress_bar=False, limit_val_batches=0, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -51,7 +59,7 @@ def plain_epoch(spec: ModelSpec, ws: Workspace, params) -> float:
     start = time.perf_counter()
     x, y = load_split(ws.prepared, "train")
     net = spec.build().train()
-    batches = ArrayBatches(x, y, EpochBatches(len(y), cfg.batch_size, shuffle=True, seed=cfg.seed))
+    batches = ArrayBatches(x, y, EpochBatches(len(y), batch_size(ws, params), shuffle=True, seed=cfg.seed))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=len(batches), pct_start=0.25)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -82,8 +90,8 @@ def main(
         augment(params.augment, ws)
         meta = read_json(ws.prepared / "meta.json")
         h, w, c = meta["image_shape"]
-        spec = network_spec(params.train, meta)
-        n_images = len(load_split(ws.prepared, "train")[1])
+        spec = network_spec(params.train, meta, WeightsSource("none", "none"))
+        n_images, batch = len(load_split(ws.prepared, "train")[1]), batch_size(ws, params)
         lightning_epoch(spec, ws, params), plain_epoch(spec, ws, params)  # warm-up
         pairs = [(lightning_epoch(spec, ws, params), plain_epoch(spec, ws, params)) for _ in range(runs)]
 
@@ -92,7 +100,7 @@ def main(
     print(f"hardware: {hardware()}")
     print(
         f"one epoch: {n_images} images {h}x{w}x{c}, {params.train.architecture} width {params.train.width}, "
-        f"batch {params.train.batch_size}; n = {runs} pairs after 1 warm-up pair"
+        f"batch {batch}; n = {runs} pairs after 1 warm-up pair"
     )
     print("run  lightning s  plain s  ratio")
     for i, (a, b) in enumerate(pairs):

@@ -102,7 +102,7 @@ def test_onnx_file_is_checked_dynamic_and_carries_metadata(run: dict[str, Path])
 
 
 def test_export_refuses_a_model_that_does_not_match(run: dict[str, Path], tmp_path: Path) -> None:
-    impossible = validate_params({**TINY, "export": {**TINY["export"], "atol": 1e-30}})
+    impossible = validate_params({**TINY, "export": {**TINY["export"], "atol": 1e-30, "rtol": 0.0}})
     target = tmp_path / "export"
     with pytest.raises(ParityError, match="export.atol"):
         ws = replace(

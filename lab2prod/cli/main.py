@@ -57,8 +57,8 @@ def run(
     """Run the pipeline with DVC (`dvc repro`): only the stages whose inputs, code or settings changed.
 
     With --set the run is a DVC experiment (`dvc exp run -S ...`): `dvc exp show` compares it with every
-    other. As `dvc exp run` does, the values are written into params.yaml and stay there (also when a
-    stage fails); `git checkout params.yaml` goes back. With --prefect the same stages run as Prefect
+    other. As `dvc exp run` does, a run that succeeds leaves its values in params.yaml (`git checkout
+    params.yaml` goes back); one that fails puts params.yaml, dvc.lock and every output back as they were. With --prefect the same stages run as Prefect
     tasks (retries, artifacts, run log), still through DVC.
     """
     overrides = parse_overrides(set_)
