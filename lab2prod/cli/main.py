@@ -58,8 +58,8 @@ def run(
 
     With --set the run is a DVC experiment (`dvc exp run -S ...`): `dvc exp show` compares it with every
     other. As `dvc exp run` does, a run that succeeds leaves its values in params.yaml (`git checkout
-    params.yaml` goes back); one that fails puts params.yaml, dvc.lock and every output back as they were. With --prefect the same stages run as Prefect
-    tasks (retries, artifacts, run log), still through DVC.
+    params.yaml` goes back); one that fails puts params.yaml, dvc.lock and every output back as they were.
+    With --prefect the same stages run as Prefect tasks (retries, artifacts, run log), still through DVC.
     """
     overrides = parse_overrides(set_)
     if prefect:
