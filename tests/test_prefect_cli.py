@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,3 +69,32 @@ def test_server_stops_with_its_wrapper(sig: signal.Signals, tmp_path: Path) -> N
     with socket.socket() as s:  # nothing listens there any more (SO_REUSEADDR: closed connections may linger)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+
+
+HANGS = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a worker stuck in its shutdown: the signal changes nothing
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a flow run it started
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_child_that_does_not_stop_within_its_grace_is_killed_with_its_processes(tmp_path: Path) -> None:
+    """What `lab2prod prefect worker --grace` relies on: SIGTERM is passed on, and a child still running after
+    the grace period is killed together with everything it started."""
+    wrapper = (
+        "import sys; from lab2prod.cli.prefect import run_child; "
+        f"sys.exit(run_child([sys.executable, '-c', {HANGS!r}], grace_s=2))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", wrapper], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(family) == 2  # the hanging child and its own child
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert time.monotonic() - start < 15 and proc.returncode != 0
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, alive
+    assert "did not stop within 2 s of the signal" in proc.stderr.read()

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -73,9 +74,19 @@ def server_url() -> str:
     return url
 
 
-def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
-    """Run `cmd` in its own process group and pass SIGINT/SIGTERM/SIGHUP on to it; its exit code."""
+def run_child(cmd: list[str], env: dict[str, str] | None = None, grace_s: float | None = None) -> int:
+    """Run `cmd` in its own process group and pass SIGINT/SIGTERM/SIGHUP on to it; its exit code.
+
+    With `grace_s`, a child still running that long after the first signal is killed with everything in its
+    group (Prefect's worker has been seen to hang in its own shutdown on a loaded machine)."""
     child = subprocess.Popen(cmd, env=env, process_group=0)
+    deadline: list[threading.Timer] = []
+
+    def kill_group() -> None:
+        if child.poll() is None:
+            log.warning("`%s` did not stop within %g s of the signal: killing it and its processes", cmd[2], grace_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
 
     def forward(signum: int, _frame: object) -> None:
         # To the child alone: Prefect's own command passes it on to its server or worker process once
@@ -83,11 +94,17 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
         log.info("%s: passing it on to `%s`", signal.Signals(signum).name, " ".join(cmd[2:5]))
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
+        if grace_s is not None and not deadline:
+            deadline.append(threading.Timer(grace_s, kill_group))
+            deadline[0].daemon = True
+            deadline[0].start()
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
         return child.wait()
     finally:
+        for timer in deadline:
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if child.poll() is None:  # this process is ending for another reason: take the child with it
@@ -123,13 +140,20 @@ def deploy(
 
 @app.command("worker")
 @stage_entry
-def worker(pool: Annotated[str, typer.Option(help="Work pool to take flow runs from.")] = POOL) -> None:
-    """Register the deployments, then run their flow runs on this machine until stopped."""
+def worker(
+    pool: Annotated[str, typer.Option(help="Work pool to take flow runs from.")] = POOL,
+    grace: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds a stopping worker may take (its flow runs finishing) before it is killed."),
+    ] = 60.0,
+) -> None:
+    """Register the deployments, then run their flow runs on this machine until stopped (SIGTERM or Ctrl-C)."""
     server_url()
     from flows.deploy import register_deployments
 
     register_deployments(pool, 1)
-    raise typer.Exit(run_child([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool], env=dvc_env()))
+    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
+    raise typer.Exit(run_child(cmd, env=dvc_env(), grace_s=grace))
 
 
 @app.command("run")
