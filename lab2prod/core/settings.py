@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lab2prod.core.errors import ConfigError
+from lab2prod.core.overrides import apply_overrides, set_dotted  # noqa: F401  (imported from here too)
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -322,22 +323,3 @@ def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None
         return validate_params(raw, str(path))
     where = f"{path} with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}"
     return validate_params(apply_overrides(raw or {}, overrides), where)
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `tree["a"]["b"] = value` for `dotted = "a.b"`, in place, creating missing sections."""
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: '{part}' is not a section.")
-    node[leaf] = value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of raw params with dotted-key overrides (`{"train.epochs": 5}`) applied."""
-    merged = json.loads(json.dumps(raw))
-    for dotted, value in overrides.items():
-        set_dotted(merged, dotted, value)
-    return merged
