@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import yaml
 
 
 def dvc_env() -> dict[str, str]:
@@ -25,11 +30,6 @@ class WorkspaceSnapshot:
     restored. Kept in .dvc/tmp (git-ignored, same filesystem) and removed afterwards."""
 
     def __init__(self, project: Path) -> None:
-        import shutil
-        import tempfile
-
-        import yaml
-
         self.project = project.resolve()
         tmp = self.project / ".dvc" / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -56,9 +56,6 @@ class WorkspaceSnapshot:
     def restore(self) -> int:
         """Put every kept file back as it was (deleting what did not exist), then `dvc checkout` the cached
         outputs that dvc.lock names. Returns checkout's exit code."""
-        import shutil
-        import subprocess
-
         for name, existed in self.kept.items():
             target = self.project / name
             if target.is_dir() and not target.is_symlink():
@@ -77,6 +74,4 @@ class WorkspaceSnapshot:
         )
 
     def discard(self) -> None:
-        import shutil
-
         shutil.rmtree(self.scratch, ignore_errors=True)
