@@ -24,6 +24,8 @@ from lab2prod.core.files import atomic_dir, read_json, write_json  # noqa: E402
 from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
 from lab2prod.core.settings import AugmentConfig, load_params  # noqa: E402
 from lab2prod.data.dataset import SplitIndex  # noqa: E402
+from lab2prod.data.text import read_texts  # noqa: E402
+from models.text.preview import save_text_preview  # noqa: E402
 from models.training.augmentation import POLICY_FILE  # noqa: E402
 from models.training.preview import save_preview, write_copies
 from models.training.training_data import COPIES  # noqa: E402
@@ -35,6 +37,16 @@ def augment(cfg: AugmentConfig, ws: Workspace = WORKSPACE) -> dict:
     """Write the policy, the preview and any offline copies. Returns the stage summary."""
     started = time.perf_counter()
     meta = read_json(ws.prepared / "meta.json")
+    if meta.get("modality") == "text":  # no image augmentation: the policy says so, the preview shows the texts
+        texts, labels = read_texts(ws.prepared, "train")
+        with atomic_dir(ws.augmented) as tmp:
+            write_json(tmp / POLICY_FILE, {"online": True, "offline_copies": 0, "modality": "text", "settings": {}})
+        save_text_preview(texts, labels, meta["classes"], ws.augment_preview, cfg.preview_images)
+        log.info(
+            "augment: text data, no augmentation (text.token_dropout acts in training); preview in %s",
+            ws.augment_preview,
+        )
+        return {"train_texts": len(texts), "seconds": round(time.perf_counter() - started, 2)}
     index = SplitIndex.read(ws.prepared, "train")
     stored = 0
     with atomic_dir(ws.augmented) as tmp:

@@ -1,4 +1,5 @@
-"""Stage 3, train: Lightning training on the prepared shards, augmented per batch, early-stopped on val.
+"""Stage 3, train: Lightning training on the prepared shards, augmented per batch, early-stopped on val
+(images; texts: models/text/training.py gives the network, its tokenizer and the batches).
 
 Writes:
     artifacts/train/model.pt          weights-only model file (load with models.nets.model_file.load_model_file)
@@ -25,6 +26,8 @@ from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.core.lineage import git_commit
 from lab2prod.core.settings import Params, load_params
 from models.nets.model_file import Lineage, ModelInfo, save_model_file
+from models.text.model_file import save_text_model
+from models.text.training import TEXT_TRAIN, TextRun
 from models.training.budget import training_budget
 from models.training.recipe import (
     build_classifier,
@@ -46,12 +49,17 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     cfg = params.train
     meta = read_json(ws.prepared / "meta.json")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    with tempfile.TemporaryDirectory(prefix="lab2prod-weights-") as scratch:
-        spec, net, weights = initial_network(params, meta, Path(scratch))
-    budget = training_budget(cfg, n_training_images(ws), processes(cfg))
+    text = TextRun(params, ws, meta) if meta.get("modality") == "text" else None
+    if text:  # a text model: its tokenizer learned on the train split, random initial weights
+        spec, net, weights, cfg = text.spec, text.spec.build(), text.weights(), cfg.model_copy(update=TEXT_TRAIN)
+    else:
+        with tempfile.TemporaryDirectory(prefix="lab2prod-weights-") as scratch:
+            spec, net, weights = initial_network(params, meta, Path(scratch))
+    budget = training_budget(cfg, text.n_train if text else n_training_images(ws), processes(cfg))
     log.info("train: %s", budget.why)
     inputs_hash = inputs_digest(ws)
-    fingerprint = f"{inputs_hash}-{params.section_hash('train')}-{weights.sha256}"
+    params_hash = params.section_hash(*(("train", "text") if text else ("train",)))
+    fingerprint = f"{inputs_hash}-{params_hash}-{weights.sha256}"
     ckpt_dir = ws.train_dir / "checkpoints"
     resume_from = checkpoint_to_resume(ckpt_dir, fingerprint)
     if resume_from:
@@ -59,7 +67,7 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
         trim_curves(ws.train_metrics, resume_from)
 
     model = build_classifier(cfg, net, spec.n_classes)
-    data = datamodule(params, ws, cfg.seed, budget.batch_size)
+    data = text.datamodule(budget.batch_size, cfg.seed) if text else datamodule(params, ws, cfg.seed, budget.batch_size)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     overrides = {**linear_probe_strategy(cfg), **(trainer_overrides or {})}
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=budget.patience)
@@ -85,26 +93,16 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
         return {}
     state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict(state)
-    lineage = Lineage(
-        dataset_hash=meta["dataset_hash"],
-        train_inputs_hash=inputs_hash,
-        params_hash=params.section_hash("train"),
-        git_commit=git_commit(),
-        weights_source=weights.label,
-        weights_sha256=weights.sha256,
-    )
-    info = ModelInfo(
-        spec=spec,
-        classes=meta["classes"],
-        image_shape=meta["image_shape"],
-        lineage=lineage,
-        best_val_loss=float(best.best_model_score),
-        epochs_trained=trainer.current_epoch,
-    )
-    save_model_file(ws.model, model.net, info)
+    lineage = Lineage.of(meta["dataset_hash"], inputs_hash, params_hash, weights.label, weights.sha256, git_commit())
+    best_loss, epochs = float(best.best_model_score), trainer.current_epoch
+    if text:
+        save_text_model(ws.model, model.net, text.info(lineage, best_loss, epochs))
+    else:
+        fields = {"spec": spec, "classes": meta["classes"], "image_shape": meta["image_shape"], "lineage": lineage}
+        save_model_file(ws.model, model.net, ModelInfo(**fields, best_val_loss=best_loss, epochs_trained=epochs))
     write_json(ckpt_dir / "run.json", {"fingerprint": fingerprint, "complete": True})
     summary = {"epochs": trainer.current_epoch, "planned_epochs": budget.epochs, "batch_size": budget.batch_size}
-    summary |= {"best_val_loss": round(info.best_val_loss, 5), "precision": trainer.precision}
+    summary |= {"best_val_loss": round(best_loss, 5), "precision": trainer.precision}
     summary["device"] = str(trainer.strategy.root_device)
     log.info("train: %s; model in %s", summary, ws.model)
     return summary

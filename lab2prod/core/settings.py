@@ -8,27 +8,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lab2prod.core.compress_settings import (  # noqa: F401  (imported from here too)
+    CompressConfig,
+    DistillConfig,
+    Int8Config,
+    PruneConfig,
+    SparseConfig,
+)
 from lab2prod.core.errors import ConfigError
-from lab2prod.core.overrides import apply_overrides, set_dotted  # noqa: F401  (imported from here too)
+from lab2prod.core.overrides import apply_overrides, set_dotted  # noqa: F401
+from lab2prod.core.sections import (  # noqa: F401
+    ARCHITECTURE_CHECKS,
+    BUILTIN_ARCHITECTURES,
+    Section,
+    check_architecture,
+)
+from lab2prod.core.text_settings import TextConfig
 
 PARAMS_FILE = Path("params.yaml")
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-BUILTIN_ARCHITECTURES = ("small_cnn", "resnet")  # models/nets/networks.py ARCHITECTURES; any other name is timm's
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class IngestConfig(_Section):
+class IngestConfig(Section):
     source: str = "digits"
     extra_sources: list[str] = ["data/feedback"]
     image_size: Annotated[int, Field(ge=8, le=512)] = 16
@@ -44,6 +52,10 @@ class IngestConfig(_Section):
     shard_mb: Annotated[float, Field(gt=0.0, le=4096)] = 256
     workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
     cache: bool = True
+    modality: Literal["auto", "image", "text"] = "auto"  # auto: text for a table or a folder of .txt files
+    text_column: str = "text"  # a table's columns (CSV, TSV, JSONL, Parquet)
+    label_column: str = "label"
+    max_chars: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000  # a longer text is quarantined
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> IngestConfig:
@@ -55,7 +67,7 @@ class IngestConfig(_Section):
         return self
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     offline_copies: Annotated[int, Field(ge=0, le=100)] = 0
     crop_scale_min: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     rotation_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 12.0
@@ -69,22 +81,7 @@ class AugmentConfig(_Section):
     preview_images: Annotated[int, Field(ge=1, le=64)] = 16
 
 
-# Names other than the built-in ones are checked by whoever can: models/nets/networks.py adds timm's check
-# when it is imported (every stage that builds a network imports it). Without it (a serving-only install,
-# which has no timm) such a name passes here and is checked where a network is built.
-ARCHITECTURE_CHECKS: list[Callable[[str], None]] = []
-
-
-def check_architecture(name: str) -> str:
-    """A built-in network, or a name every registered check accepts (timm's: a timm model)."""
-    if name in BUILTIN_ARCHITECTURES:
-        return name
-    for check in ARCHITECTURE_CHECKS:
-        check(name)
-    return name
-
-
-class TrainConfig(_Section):
+class TrainConfig(Section):
     architecture: str = "small_cnn"  # "small_cnn", "resnet", or any timm model name
     pretrained: str = "none"  # "none", "timm" (the hub), "champion" (warm start), or a weights file path / URL
     input_size: Literal["auto"] | Annotated[int, Field(ge=8, le=1024)] = "auto"
@@ -139,7 +136,7 @@ class TrainConfig(_Section):
         return self
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     baseline: Literal["svc", "logistic", "none"] = "svc"
     baseline_c: Annotated[float, Field(gt=0.0)] = 10.0
     baseline_max_images: Annotated[int, Field(ge=10)] = 5000
@@ -148,59 +145,7 @@ class EvaluateConfig(_Section):
     margin_points: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
 
 
-class PruneConfig(_Section):
-    enabled: bool = True
-    target_macs: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    round_to: Annotated[int, Field(ge=1, le=64)] = 8
-    finetune_epochs: Literal["auto"] | Annotated[int, Field(ge=0, le=1000)] = "auto"  # auto: compress.finetune_share
-    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
-
-
-class SparseConfig(_Section):
-    enabled: bool = False  # same dense shapes: ONNX Runtime runs it no faster and it is no smaller
-    sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    finetune_epochs: Literal["auto"] | Annotated[int, Field(ge=0, le=1000)] = "auto"  # auto: compress.finetune_share
-    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
-
-
-class Int8Config(_Section):
-    enabled: bool = True
-    mode: Literal["static", "dynamic"] = "static"
-    calibration_images: Annotated[int, Field(ge=8, le=100_000)] = 512
-    per_channel: bool = True
-    min_top1_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = 0.99
-
-
-class DistillConfig(_Section):
-    enabled: bool = True
-    student_architecture: str = "auto"  # "auto": the teacher's built-in network (small_cnn for a timm teacher)
-    student_width: Annotated[int, Field(ge=4, le=512)] = 16
-    epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=10_000)] = "auto"  # auto: compress.distill_share
-    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 3e-3
-    temperature: Annotated[float, Field(gt=0.0, le=20.0)] = 4.0
-    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
-
-    @field_validator("student_architecture")
-    @classmethod
-    def _known_student(cls, name: str) -> str:
-        return name if name == "auto" else check_architecture(name)
-
-
-class CompressConfig(_Section):
-    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
-    max_f1_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
-    seed: int = 0
-    # "auto" fine-tuning / distillation epochs, as a share of the epochs the trained model ran (at least 1):
-    # compression costs a fraction of training, whatever the data's size
-    finetune_share: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
-    distill_share: Annotated[float, Field(gt=0.0, le=10.0)] = 0.5
-    prune: PruneConfig = PruneConfig()
-    sparse: SparseConfig = SparseConfig()
-    int8: Int8Config = Int8Config()
-    distill: DistillConfig = DistillConfig()
-
-
-class ExportConfig(_Section):
+class ExportConfig(Section):
     opset: Annotated[int, Field(ge=17, le=21)] = 18
     atol: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
     rtol: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-3  # plus this share of the logit's magnitude
@@ -211,7 +156,7 @@ class ExportConfig(_Section):
     benchmark_seconds: Annotated[float, Field(gt=0.0)] = 20.0
 
 
-class RetrainConfig(_Section):
+class RetrainConfig(Section):
     registry_dir: str = "registry"
     min_f1_gain: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
     max_class_recall_drop: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
@@ -220,7 +165,7 @@ class RetrainConfig(_Section):
     require_significance: bool = False
 
 
-class ServeConfig(_Section):
+class ServeConfig(Section):
     model: str = "champion"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65_535)] = 8000
@@ -250,7 +195,7 @@ class ServeConfig(_Section):
         return self
 
 
-class MonitorConfig(_Section):
+class MonitorConfig(Section):
     window_hours: Annotated[float, Field(gt=0.0, le=24 * 365)] = 24.0
     min_predictions: Annotated[int, Field(ge=10)] = 200
     psi_threshold: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
@@ -260,13 +205,14 @@ class MonitorConfig(_Section):
     report_dir: str = "reports/drift"
 
 
-class Params(_Section):
+class Params(Section):
     ingest: IngestConfig = IngestConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
     export: ExportConfig = ExportConfig()
+    text: TextConfig = TextConfig()
     retrain: RetrainConfig = RetrainConfig()
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()

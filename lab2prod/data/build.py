@@ -162,12 +162,14 @@ def build_meta(
     }
     return {
         "source": cfg.source,
+        "modality": "image",
         "classes": classes,
         "image_shape": meta_shape(cfg),  # H, W, C
         "resize": cfg.resize,
         "format": "WebDataset tar shards + index.csv per split (lab2prod/data/dataset.py)",
         "counts": counts,
         "n_images": len(candidates),
+        "n_samples": len(candidates),
         "split_rule": {"rule": SPLIT_RULE, "seed": cfg.seed, "val": cfg.val_fraction, "test": cfg.test_fraction},
         "achieved_fractions": achieved_fractions(splits, classes),
         "split_hashes": {

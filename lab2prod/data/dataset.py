@@ -120,7 +120,7 @@ class SplitIndex:
     """Random access to one split's samples (safe to pickle into DataLoader worker processes)."""
 
     dir: Path
-    image_shape: tuple[int, int, int]  # H, W, C
+    image_shape: tuple[int, ...]  # H, W, C; () for text
     shard: np.ndarray  # int32 per sample
     offset: np.ndarray  # int64
     size: np.ndarray  # int64
@@ -149,7 +149,7 @@ class SplitIndex:
         cols = list(zip(*rows[1:], strict=True)) if len(rows) > 1 else [()] * len(INDEX_COLUMNS)
         return cls(
             dir=prepared / split,
-            image_shape=tuple(meta["image_shape"]),
+            image_shape=tuple(meta.get("image_shape", ())),  # () for text
             shard=np.asarray(cols[1], np.int32),
             offset=np.asarray(cols[2], np.int64),
             size=np.asarray(cols[3], np.int64),

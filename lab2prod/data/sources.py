@@ -88,9 +88,10 @@ def _identity(info: dict) -> str:
 
 
 def list_folder(
-    cfg: IngestConfig, source: str, min_classes: int = 2
+    cfg: IngestConfig, source: str, min_classes: int = 2, suffixes: tuple[str, ...] = IMAGE_SUFFIXES
 ) -> tuple[list[str], list[SourceFile], list[Rejected]]:
-    """Class names, every file under `<source>/<class>/` with its cache key, and the files that cannot be images."""
+    """Class names, every file under `<source>/<class>/` with its cache key, and the files whose suffix is not
+    one of `suffixes` (images' by default)."""
     fs, root = fsspec.core.url_to_fs(source)
     if not fs.isdir(root):
         raise DataError(
@@ -98,7 +99,7 @@ def list_folder(
             "subfolder per class, or set it to 'digits'."
         )
     entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"])
-    hidden = [e for e in entries if _is_hidden(e["name"].rstrip("/").rsplit("/", 1)[-1])]
+    hidden = [e for e in entries if is_hidden(e["name"].rstrip("/").rsplit("/", 1)[-1])]
     entries = [e for e in entries if e not in hidden]
     class_dirs = [e["name"] for e in entries if e["type"] == "directory"]
     rejected = [
@@ -117,18 +118,18 @@ def list_folder(
     for d, name in zip(class_dirs, names, strict=True):
         for path, info in sorted(fs.find(d, detail=True).items()):
             link = _link_problem(fs, path, info)
-            if any(_is_hidden(part) for part in path[len(d.rstrip("/")) :].split("/")):
+            if any(is_hidden(part) for part in path[len(d.rstrip("/")) :].split("/")):
                 rejected.append(Rejected(path, name, "hidden", "inside a hidden folder or a hidden file: skipped"))
             elif link:
                 rejected.append(Rejected(path, name, *link))
-            elif Path(path).suffix.lower() not in IMAGE_SUFFIXES:
+            elif Path(path).suffix.lower() not in suffixes:
                 rejected.append(Rejected(path, name, "not_an_image_extension", f"suffix {Path(path).suffix!r}"))
             else:
                 files.append(SourceFile(path, name, cache_key(skey, fs.unstrip_protocol(path), _identity(info))))
     return names, files, rejected
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
     """Names tools leave behind that are never data: .ipynb_checkpoints, .DS_Store, .git, __MACOSX."""
     return name.startswith(".") or name == "__MACOSX"
 

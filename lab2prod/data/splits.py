@@ -19,8 +19,9 @@ from lab2prod.data.sources import Candidate, Rejected
 SPLIT_RULE = "sha256(f'{seed}:{pixel sha256}')[:8] as a fraction u: test if u < test_fraction, val if u < test+val"
 
 
-def drop_duplicates(candidates: list[Candidate]) -> tuple[list[Candidate], list[Rejected]]:
-    """Keep one copy of pixel-identical images (the first by source path), so no image sits in two splits.
+def drop_duplicates(candidates: list[Candidate], what: str = "pixels") -> tuple[list[Candidate], list[Rejected]]:
+    """Keep one copy of pixel-identical images, or of identical texts (`what`), the first by source path, so no
+    sample sits in two splits.
 
     Copies that disagree on the label are all set aside: nobody can say which label is right.
     """
@@ -31,10 +32,10 @@ def drop_duplicates(candidates: list[Candidate]) -> tuple[list[Candidate], list[
     keep, seen, rejected = [], {}, []
     for c in ordered:
         if len(labels_of[c.sha256]) > 1:
-            detail = f"identical pixels appear under classes {sorted(labels_of[c.sha256])}"
+            detail = f"identical {what} appear under classes {sorted(labels_of[c.sha256])}"
             rejected.append(Rejected(c.source, c.class_name, "conflicting_labels", detail))
         elif c.sha256 in seen:
-            rejected.append(Rejected(c.source, c.class_name, "duplicate", f"same pixels as {seen[c.sha256]}"))
+            rejected.append(Rejected(c.source, c.class_name, "duplicate", f"same {what} as {seen[c.sha256]}"))
         else:
             seen[c.sha256] = c.source
             keep.append(c)

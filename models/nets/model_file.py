@@ -36,6 +36,17 @@ class Lineage(BaseModel):
     weights_source: str = "none"
     weights_sha256: str | None = None  # of that weights file (None: random initial weights)
 
+    @classmethod
+    def of(cls, dataset: str, inputs: str, params: str, weights: str, weights_sha: str | None, commit: str) -> Lineage:
+        return cls(
+            dataset_hash=dataset,
+            train_inputs_hash=inputs,
+            params_hash=params,
+            git_commit=commit,
+            weights_source=weights,
+            weights_sha256=weights_sha,
+        )
+
 
 class ModelInfo(BaseModel):
     """Everything about a model but its weights: how to build it, what it predicts, where it came from."""

@@ -1,0 +1,24 @@
+"""The text section of the settings: how a text model reads its input (the tokenizer trained on the training
+split) and how big the bag-of-n-grams network is. Read by train, compress and export when the prepared data is
+text (`ingest.modality`); the optimiser, budget and early stopping come from the train section as for images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from lab2prod.core.sections import Section
+
+
+class TextConfig(Section):
+    model: Literal["mlp"] = "mlp"  # mlp: hashed word n-grams -> embedding bag -> MLP (models/text/networks.py)
+    vocab_size: Annotated[int, Field(ge=100, le=500_000)] = 20_000  # WordPiece vocabulary learned on the train split
+    lowercase: bool = True
+    max_length: Annotated[int, Field(ge=8, le=8192)] = 256  # tokens a text is cut to (train and serve alike)
+    ngrams: Annotated[int, Field(ge=1, le=3)] = 2  # token n-grams up to this length are features
+    buckets: Annotated[int, Field(ge=1024, le=4_000_000)] = 65_536  # hash buckets of the 2- and 3-grams
+    embed_dim: Annotated[int, Field(ge=8, le=1024)] = 64
+    hidden: Annotated[int, Field(ge=0, le=8192)] = 256  # the MLP's hidden layer (0: a linear head on the bag)
+    dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.3
+    token_dropout: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # share of tokens masked per training text

@@ -1,0 +1,130 @@
+"""Training a text model with the image recipe's LightningModule (models/training/classifier.py): the network,
+its tokenizer learned on the training split, and batches of similar length (little padding), token dropout as
+augmentation. tasks/train.py runs it when the prepared data is text."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lab2prod.core.errors import ConfigError
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import Params
+from lab2prod.data.text import read_texts
+from lab2prod.data.tokens import TextEncoder, train_tokenizer
+from models.nets.model_file import Lineage
+from models.nets.weights import WeightsSource
+from models.text.model_file import TextModelInfo
+from models.text.networks import TextSpec
+
+log = logging.getLogger("models.text.training")
+
+TEXT_TRAIN = {"channels_last": False, "compile": False}  # image-only train settings, off for a text network
+
+
+class LengthBatches:
+    """Each epoch: indices shuffled, cut into chunks of 50 batches, each chunk sorted by length, then cut into
+    batches whose order is shuffled: batches of similar length without a fixed order."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool) -> None:
+        self.lengths, self.batch_size, self.seed, self.shuffle, self.epoch = lengths, batch_size, seed, shuffle, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        chunk = self.batch_size * 50
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        for k in rng.permutation(len(batches)) if self.shuffle else range(len(batches)):
+            yield batches[k].tolist()
+
+
+class TextData(L.LightningDataModule):
+    def __init__(self, run: TextRun, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.run, self.batch_size, self.seed = run, batch_size, seed
+
+    def _loader(self, ids: list[list[int]], labels: np.ndarray, train: bool) -> DataLoader:
+        lengths = np.asarray([len(i) for i in ids])
+        drop, rng = self.run.params.text.token_dropout if train else 0.0, np.random.default_rng(self.seed)
+
+        def collate(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            x = self.run.encoder.pad([ids[i] for i in rows])
+            if drop:
+                x[(rng.random(x.shape) < drop) & (x != self.run.encoder.pad_id)] = self.run.encoder.pad_id
+            return torch.from_numpy(x), torch.from_numpy(labels[rows])
+
+        sampler = LengthBatches(lengths, self.batch_size, self.seed, shuffle=train)
+        return DataLoader(list(range(len(ids))), batch_sampler=sampler, collate_fn=collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.run.train_ids, self.run.train_labels, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.run.val_ids, self.run.val_labels, False)
+
+
+class TextRun:
+    """The training split's texts tokenized with a tokenizer learned on them, the network to train, and the
+    model file's record."""
+
+    def __init__(self, params: Params, ws: Workspace, meta: dict) -> None:
+        self.params, cfg = params, params.text
+        texts, self.train_labels = read_texts(ws.prepared, "train")
+        val_texts, self.val_labels = read_texts(ws.prepared, "val")
+        self.tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.lowercase).to_str()
+        self.encoder = TextEncoder(self.tokenizer, cfg.max_length)
+        self.train_ids, self.val_ids = self.encoder.ids(texts), self.encoder.ids(val_texts)
+        self.classes = meta["classes"]
+        self.spec = TextSpec(
+            vocab_size=self.encoder.tokenizer.get_vocab_size(),
+            n_classes=len(self.classes),
+            embed_dim=cfg.embed_dim,
+            hidden=cfg.hidden,
+            ngrams=cfg.ngrams,
+            buckets=cfg.buckets,
+            dropout=cfg.dropout,
+            pad_id=self.encoder.pad_id,
+        )
+        lengths = [len(i) for i in self.train_ids]
+        log.info(
+            "train: text model %s, vocabulary %d, %d training texts of %.0f tokens on average (longest %d, cut at %d)",
+            cfg.model, self.spec.vocab_size, len(texts), np.mean(lengths), max(lengths), cfg.max_length,
+        )  # fmt: skip
+
+    def weights(self) -> WeightsSource:
+        if self.params.train.pretrained != "none":
+            raise ConfigError(
+                f"train.pretrained = {self.params.train.pretrained!r}: the text MLP starts from random weights; "
+                "set train.pretrained to none"
+            )
+        return WeightsSource("none", "none")
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_ids)
+
+    def datamodule(self, batch_size: int, seed: int) -> TextData:
+        return TextData(self, batch_size, seed)
+
+    def info(self, lineage: Lineage, best_val_loss: float, epochs: int) -> TextModelInfo:
+        return TextModelInfo(
+            spec=self.spec,
+            classes=self.classes,
+            tokenizer=self.tokenizer,
+            max_length=self.params.text.max_length,
+            lineage=lineage,
+            best_val_loss=best_val_loss,
+            epochs_trained=epochs,
+        )
