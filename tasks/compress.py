@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from lab2prod.core.console import ParamsFile, run_stage
-from lab2prod.core.files import atomic_dir
+from lab2prod.core.files import atomic_dir, read_json
 from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.core.records import CompressReport
 from lab2prod.core.settings import Params, load_params
 from models.compress.variants import VariantBuilder
 from models.nets.model_file import load_model_file
+from models.text.scoring import text_compress_report
 
 log = logging.getLogger("tasks.compress")  # not __name__: that is __main__ under python -m
 
@@ -41,6 +42,12 @@ log = logging.getLogger("tasks.compress")  # not __name__: that is __main__ unde
 def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     """Build, score and gate every enabled variant. Returns the metrics written to metrics/compress.json."""
     cfg = params.compress
+    if read_json(ws.prepared / "meta.json").get("modality") == "text":
+        report = text_compress_report(cfg, ws.model, ws.prepared)
+        with atomic_dir(ws.compressed):
+            report.write(ws.compress_metrics)
+        log.info("compress: text model: no variants yet (INT8 and distillation of text models come next)")
+        return report.model_dump(mode="json", exclude_unset=True)
     teacher, info = load_model_file(ws.model)
     with atomic_dir(ws.compressed) as tmp, tempfile.TemporaryDirectory() as scratch:
         builder = VariantBuilder(params, ws, teacher, info, tmp, Path(scratch))

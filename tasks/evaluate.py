@@ -1,4 +1,5 @@
-"""Stage 4, evaluate: the trained model on the held-out test split, beside a scikit-learn baseline.
+"""Stage 4, evaluate: the trained model on the held-out test split, beside a scikit-learn baseline (images: an
+SVC or logistic regression on raw pixels; texts: TF-IDF + logistic regression, models/text/scoring.py).
 
 Writes:
     metrics/evaluate.json              accuracy, P/R/F1 macro and weighted, per class, baseline, lineage
@@ -17,34 +18,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, confusion_matrix, f1_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.svm import SVC  # noqa: E402
 
 from lab2prod.core.console import ParamsFile, run_stage  # noqa: E402
-from lab2prod.core.files import atomic_file, write_json  # noqa: E402
+from lab2prod.core.files import atomic_file, read_json, write_json  # noqa: E402
 from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace  # noqa: E402
 from lab2prod.core.scoring import classification_metrics, verdict  # noqa: E402
 from lab2prod.core.settings import EvaluateConfig, load_params  # noqa: E402
-from lab2prod.data.dataset import SplitIndex  # noqa: E402
-from models.nets.inputs import iter_split, torch_top1
-from models.nets.model_file import load_model_file  # noqa: E402
+from models.nets.scoring import score_images  # noqa: E402
+from models.text.scoring import score_texts  # noqa: E402
 
 log = logging.getLogger("tasks.evaluate")  # not __name__: that is __main__ under python -m
-
-BATCH = 512  # test images decoded and scored at a time
-
-
-def fit_baseline(cfg: EvaluateConfig, x_train: np.ndarray, y_train: np.ndarray):
-    """A classical classifier on raw pixels: what the network must beat to earn its keep."""
-    flat = x_train.reshape(len(x_train), -1).astype(np.float64) / 255.0
-    if cfg.baseline == "svc":  # on raw [0, 1] pixels: scaling each pixel separately makes it weaker
-        model = SVC(C=cfg.baseline_c, kernel="rbf", gamma="scale")
-    else:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.baseline_c, max_iter=2000))
-    return model.fit(flat, y_train)
 
 
 def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], csv_path: Path, png_path: Path) -> None:
@@ -67,28 +51,15 @@ def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], c
 
 def evaluate(cfg: EvaluateConfig, ws: Workspace = WORKSPACE) -> dict:
     """Score the model (and the baseline) on the test split; write metrics and plots. Returns the metrics."""
-    net, info = load_model_file(ws.model)
+    text = read_json(ws.prepared / "meta.json").get("modality") == "text"
+    y_true, y_pred, y_base, info, baseline_name = (score_texts if text else score_images)(cfg, ws.model, ws.prepared)
     classes = info.classes
-    baseline = None
-    if cfg.baseline != "none":  # fitted on at most baseline_max_images training images (random, seeded)
-        train = SplitIndex.read(ws.prepared, "train")
-        pick = np.sort(np.random.default_rng(0).permutation(len(train))[: cfg.baseline_max_images])
-        baseline = fit_baseline(cfg, train.images(pick), train.labels[pick])
-        train.close()
-    truth, preds, base = [], [], []
-    for x, y in iter_split(ws.prepared, "test", BATCH):  # streamed: memory flat however large the split
-        truth.append(y.numpy())
-        preds.append(torch_top1(net, x))
-        if baseline is not None:
-            base.append(baseline.predict(x.numpy().reshape(len(y), -1).astype(np.float64) / 255.0))
-    y_true, y_pred = np.concatenate(truth), np.concatenate(preds)
     metrics = classification_metrics(y_true, y_pred, classes)
     metrics["n_test"] = int(len(y_true))
 
-    if baseline is not None:
-        y_base = np.concatenate(base)
+    if y_base is not None:
         metrics["baseline"] = {
-            "model": cfg.baseline,
+            "model": baseline_name,
             "accuracy": accuracy_score(y_true, y_base),
             "f1_macro": f1_score(y_true, y_base, average="macro"),
         }
@@ -97,7 +68,7 @@ def evaluate(cfg: EvaluateConfig, ws: Workspace = WORKSPACE) -> dict:
     save_confusion(y_true, y_pred, classes, ws.predictions, ws.confusion_png)
     write_json(ws.evaluate_metrics, metrics)
 
-    log.info("evaluate: macro F1 %.4f on %d test images", metrics["f1_macro"], len(y_true))
+    log.info("evaluate: macro F1 %.4f on %d test %s", metrics["f1_macro"], len(y_true), "texts" if text else "images")
     (log.info if metrics["verdict"]["passed"] else log.warning)("evaluate: %s", metrics["verdict"]["line"])
     return metrics
 

@@ -5,7 +5,8 @@ computes: FP32-derived files (FP32, pruned, sparse, student) match their PyTorch
 `export.atol + export.rtol x |logit|` and top-1 at each of `export.parity_batch_sizes`; the INT8 file must
 agree with FP32's top-1 on `compress.int8.min_top1_agreement` of the test split (quantization moves logits).
 Only variants compress accepted are exported; one that misses its check is rejected with the reason (FP32
-missing it fails the stage). Then PyTorch eager and every ONNX file are benchmarked side by side.
+missing it fails the stage). Then PyTorch eager and every ONNX file are benchmarked side by side. Text models:
+models/text/export.py (input "input_ids", the tokenizer inside the file and beside it as tokenizer.json).
 
 Writes (the directory is replaced atomically):
     artifacts/export/model.onnx            FP32; input "pixels": float32 (batch, C, H, W) = pixel / 255
@@ -33,21 +34,21 @@ from models.export.machine import cpu_features
 from models.export.model_card import write_model_card
 from models.export.speed import SINGLES, measure, onnx_runner, torch_runner
 from models.nets.model_file import load_model_file
+from models.text.export import export_text
 
 log = logging.getLogger("tasks.export")  # not __name__: that is __main__ under python -m
 
 
 def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
     """Export, check and benchmark every deployable model; files land only if every check passes."""
+    if read_json(ws.prepared / "meta.json").get("modality") == "text":
+        return export_text(params, ws)  # models/text/export.py: the same checks for a text model
     cfg = params.export
     net, info = load_model_file(ws.model)
     x_test = SplitBatches(ws.prepared, "test")  # streamed: read from the shards at each pass
     if len(x_test) < max(cfg.parity_batch_sizes):
-        raise ParityError(
-            f"the test split has {len(x_test)} images but export.parity_batch_sizes = {cfg.parity_batch_sizes} "
-            f"needs {max(cfg.parity_batch_sizes)}: lower the largest batch size to at most {len(x_test)}, or "
-            "raise ingest.test_fraction / add images"
-        )
+        needed = max(cfg.parity_batch_sizes)
+        raise ParityError(f"the test split has {len(x_test)} images; export.parity_batch_sizes needs {needed}: lower")
     compress = CompressReport.read(ws.compress_metrics) if ws.compress_metrics.exists() else None
     accepted = compress.accepted if compress else {}
 

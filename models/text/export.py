@@ -1,0 +1,197 @@
+"""Export of a text model: ONNX with dynamic batch and length axes, its tokenizer in the file's metadata and
+beside it (tokenizer.json), checked (onnx full check, parity with PyTorch at two batch sizes and two lengths,
+top-1 agreement on the whole test split), benchmarked at batch 1 and batch N on 64-token inputs, and described
+in a model card. tasks/export.py runs it when the prepared data is text."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from lab2prod.core.errors import ParityError
+from lab2prod.core.files import atomic_dir, read_json, write_json
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import Params
+from lab2prod.data.text import read_texts
+from lab2prod.data.tokens import TextEncoder
+from lab2prod.serve.runtime import OUTPUT, session
+from models.export.machine import cpu_features
+from models.export.speed import measure, onnx_runner, torch_runner
+from models.text.model_file import TextModelInfo, load_text_model
+from models.text.scoring import text_logits
+
+log = logging.getLogger("models.text.export")
+
+TEXT_INPUT = "input_ids"
+BENCH_TOKENS = 64  # the benchmark's input length
+
+
+def to_text_onnx(net: torch.nn.Module, path: Path, opset: int) -> None:
+    example = torch.randint(2, 50, (2, 16), dtype=torch.int64)
+    dims = {0: torch.export.Dim("batch", min=1, max=65_536), 1: torch.export.Dim("length", min=1, max=8192)}
+    program = torch.onnx.export(
+        net.eval(),
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[TEXT_INPUT],
+        output_names=[OUTPUT],
+        dynamic_shapes=(dims,),
+        verbose=False,
+        optimize=True,
+    )
+    program.save(str(path))
+
+
+def add_text_metadata(path: Path, info: TextModelInfo, variant: str) -> None:
+    """What predict and serve need to read a text as training did: classes, the tokenizer, the length cut."""
+    model = onnx.load(str(path))
+    props = {
+        "modality": "text",
+        "classes": json.dumps(info.classes),
+        "tokenizer": info.tokenizer,
+        "tokenizer_file": "tokenizer.json",
+        "max_length": str(info.max_length),
+        "input": info.input,
+        "variant": variant,
+        **{k: str(v) for k, v in info.lineage.model_dump().items()},
+        "producer": "lab2prod",
+    }
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def text_parity(net: torch.nn.Module, path: Path, ids: np.ndarray, params: Params) -> dict[str, float]:
+    """Max |logit difference| ONNX Runtime vs PyTorch at each parity batch size, cut to 8 tokens and at full
+    length; ParityError beyond atol + rtol x |logit| or where the top-1 class differs."""
+    cfg, sess, diffs = params.export, session(path), {}
+    for bs in cfg.parity_batch_sizes:
+        for length in sorted({min(8, ids.shape[1]), ids.shape[1]}):
+            x = np.ascontiguousarray(ids[:bs, :length])
+            with torch.inference_mode():
+                expected = net(torch.from_numpy(x)).numpy()
+            got = sess.run([OUTPUT], {TEXT_INPUT: x})[0]
+            diff = np.abs(got - expected)
+            where = f"batch {bs}, {length} tokens"
+            diffs[where] = float(diff.max())
+            if float((diff - cfg.rtol * np.abs(expected)).max()) > cfg.atol:
+                raise ParityError(f"{where}: max |ONNX - PyTorch| = {diff.max():.2e} > export.atol + rtol x |logit|")
+            if (got.argmax(1) != expected.argmax(1)).any():
+                raise ParityError(f"{where}: ONNX's top-1 class differs from PyTorch's")
+    return diffs
+
+
+def onnx_text_logits(path: Path, encoder: TextEncoder, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    sess = session(path)
+    out = [
+        sess.run([OUTPUT], {TEXT_INPUT: encoder(texts[i : i + batch_size])})[0]
+        for i in range(0, len(texts), batch_size)
+    ]
+    return np.concatenate(out)
+
+
+def bench_inputs(encoder: TextEncoder, texts: list[str], n: int) -> np.ndarray:
+    """`n` test texts as exactly BENCH_TOKENS tokens each (their tokens repeated to that length)."""
+    rows = [
+        (ids * (BENCH_TOKENS // max(1, len(ids)) + 1))[:BENCH_TOKENS] or [encoder.pad_id]
+        for ids in encoder.ids(texts[:n])
+    ]
+    return np.asarray([r + [r[-1]] * (BENCH_TOKENS - len(r)) for r in rows], np.int64)
+
+
+def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
+    cfg = params.export
+    net, info = load_text_model(ws.model)
+    texts, labels = read_texts(ws.prepared, "test")
+    if len(texts) < max(cfg.parity_batch_sizes):
+        raise ParityError(
+            f"the test split has {len(texts)} texts; export.parity_batch_sizes needs {max(cfg.parity_batch_sizes)}"
+        )
+    encoder = TextEncoder(info.tokenizer, info.max_length)
+    evaluate = read_json(ws.evaluate_metrics) if ws.evaluate_metrics.exists() else {}
+    with atomic_dir(ws.exported) as tmp:
+        path = tmp / "model.onnx"
+        to_text_onnx(net, path, cfg.opset)
+        add_text_metadata(path, info, "fp32")
+        onnx.checker.check_model(str(path), full_check=True)
+        (tmp / "tokenizer.json").write_text(info.tokenizer)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # the longest first: parity at full length
+        diffs = text_parity(net, path, encoder([texts[i] for i in order[: max(cfg.parity_batch_sizes)]]), params)
+        onnx_logits = onnx_text_logits(path, encoder, texts)
+        agreement = float((onnx_logits.argmax(1) == text_logits(net, encoder, texts).argmax(1)).mean())
+        record = {"file": path.name, "max_abs_logit_diff": diffs, "atol": cfg.atol, "rtol": cfg.rtol}
+        record |= {"test_top1_agreement": agreement, "onnx_bytes": path.stat().st_size}
+        x = bench_inputs(encoder, texts, max(cfg.benchmark_batch, 16))
+        runners = {"pytorch_eager": torch_runner(net), "onnx_fp32": onnx_runner(path)}
+        speed = measure(
+            runners,
+            x,
+            cfg.benchmark_calls,
+            cfg.benchmark_batch,
+            cfg.benchmark_batch_calls,
+            budget_s=cfg.benchmark_seconds,
+        )
+        sizes = {"pytorch_eager": ws.model.stat().st_size, "onnx_fp32": record["onnx_bytes"]}
+        params_n = sum(p.numel() for p in net.parameters())
+        scores = {k: evaluate.get(k) for k in ("accuracy", "f1_macro")}
+        benchmark = {"machine": cpu_features(), "input_tokens": BENCH_TOKENS, "variants": {}}
+        for name, figures in speed.items():
+            benchmark["variants"][name] = {**figures, "bytes": sizes[name], "params": params_n, **scores}
+        verdict = evaluate.get("verdict") or {"passed": True}
+        benchmark |= {"fastest": "onnx_fp32", "deployable_default": "onnx_fp32" if verdict["passed"] else None}
+        benchmark |= {"not_deployable": None if verdict["passed"] else verdict["line"], "rejected": {}}
+        probs = np.exp(onnx_logits - onnx_logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        ids = encoder.ids(texts)
+        write_json(tmp / "reference.json", {
+            "modality": "text", "n": len(texts), "classes": info.classes,
+            "confidence": probs.max(1).round(6).tolist(), "tokens": [len(i) for i in ids],
+            "unknown_rate": encoder.unknown_rate(ids),
+        })  # fmt: skip
+        write_text_card(tmp / "model_card.md", info, evaluate, benchmark, record)
+    write_json(ws.export_metrics, {"opset": cfg.opset, "files": {"fp32": record}})
+    write_json(ws.benchmark, benchmark)
+    e, f = (benchmark["variants"][n]["batch1_p50_ms"] for n in ("pytorch_eager", "onnx_fp32"))
+    log.info(
+        "export: text model; batch-1 p50 (64 tokens) PyTorch eager %.3f ms, ONNX FP32 %.3f ms; top-1 agreement %.4f",
+        e,
+        f,
+        agreement,
+    )
+    return {"files": {"fp32": record}, "benchmark": benchmark}
+
+
+def write_text_card(path: Path, info: TextModelInfo, evaluate: dict, benchmark: dict, record: dict) -> None:
+    spec, verdict = info.spec, evaluate.get("verdict") or {}
+    fp32 = benchmark["variants"]["onnx_fp32"]
+    acc = evaluate.get("accuracy")
+    base = (evaluate.get("baseline") or {}).get("accuracy")
+    lines = [
+        f"# Text classifier: {len(info.classes)} classes"
+        + ("" if verdict.get("passed", True) else " -- NOT DEPLOYABLE"),
+        "",
+        *([f"**{verdict['line']}**", ""] if verdict.get("line") else []),
+        f"- Network: bag of token {spec.ngrams}-grams ({spec.vocab_size} WordPiece tokens + {spec.buckets} hashed "
+        f"n-gram buckets, {spec.embed_dim}-d) -> MLP ({spec.hidden} hidden); {fp32['params']:,} parameters",
+        "- Input: a text, tokenized with the tokenizer inside the ONNX file (also tokenizer.json), cut at "
+        f"{info.max_length} tokens",
+        f"- Classes: {', '.join(info.classes)}",
+        f"- Test accuracy: {acc * 100:.2f} %" if acc is not None else "- Test accuracy: not evaluated",
+        f"- Baseline (TF-IDF + logistic regression, same split): {base * 100:.2f} %"
+        if base is not None
+        else "- Baseline: none",
+        f"- ONNX file: {record['onnx_bytes'] / 2**20:.2f} MB; top-1 agreement with PyTorch on the test split "
+        f"{record['test_top1_agreement']:.4f}",
+        f"- Latency (ONNX Runtime, {benchmark['input_tokens']} tokens): batch 1 p50 {fp32['batch1_p50_ms']:.3f} ms",
+        f"- Lineage: dataset {info.lineage.dataset_hash[:12]}, commit {info.lineage.git_commit}",
+        "",
+    ]
+    path.write_text("\n".join(lines))
