@@ -98,21 +98,26 @@ def run(
 @app.command()
 @stage_entry
 def predict(
-    paths: Annotated[list[str], typer.Argument(help="Image files and/or folders (local or fsspec URLs).")],
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="Image files and/or folders (a text model: .txt files); local or URLs.")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="ONNX file to use (default: the registry's champion).")] = None,
     registry: Annotated[
         str | None, typer.Option(help="Registry whose champion to use (default: retrain.registry_dir).")
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="Classes per image in the CSV (the table shows the best).")] = 1,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the predictions to this CSV file.")] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="A text to classify (repeatable).")] = None,
 ) -> None:
-    """Classify images with the champion model (or --model); every unreadable file is listed with its reason."""
+    """Classify images (or texts) with the champion model (or --model); every unreadable file is listed with its
+    reason."""
     from rich.console import Console
     from rich.table import Table
 
     from lab2prod.data.images import IMAGE_SUFFIXES
+    from lab2prod.data.text import TEXT_SUFFIXES
     from lab2prod.registry.store import champion, champion_model
-    from lab2prod.serve.predict import Classifier, classify, image_files, write_csv
+    from lab2prod.serve.predict import Classifier, classify, classify_texts, image_files, write_csv
 
     expected = None
     if model is None:
@@ -124,11 +129,15 @@ def predict(
             )
         expected = current["onnx_sha256"]
     classifier = Classifier.load(model, expected)
-    files = image_files(paths)
-    if not files:
-        raise DataError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if text and classifier.modality != "text":
+        raise DataError(f"--text needs a text model; {classifier.source} classifies images")
+    suffixes = TEXT_SUFFIXES if classifier.modality == "text" else IMAGE_SUFFIXES
+    files = image_files(paths or [], suffixes)
+    if not files and not text:
+        named, looked = ", ".join(paths or ["(none named)"]), ", ".join(sorted(suffixes))
+        raise DataError(f"no {classifier.modality} files in {named} (looked for {looked})")
     top = min(top, len(classifier.classes))
-    rows = classify(classifier, files, top=top, progress=True)
+    rows = classify(classifier, files, top=top, progress=True) + classify_texts(classifier, text or [], top)
     bad = sum(1 for r in rows if r["error"])
     if csv_out:
         write_csv(rows, csv_out, top)
@@ -140,8 +149,9 @@ def predict(
             table.add_row(r["file"], cls, "" if prob is None else f"{prob:.3f}", r["error"])
         Console().print(table)
     log.info(
-        "predict: %d image(s) classified with %s%s",
+        "predict: %d %s(s) classified with %s%s",
         len(rows) - bad,
+        classifier.modality,
         classifier.source,
         f"; {bad} file(s) could not be read (reasons in the output)" if bad else "",
     )

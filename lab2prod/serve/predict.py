@@ -1,5 +1,5 @@
-"""Classify images with an exported model: by default the file the registry's champion serves
-(`lab2prod predict` is the command line for it).
+"""Classify images (or texts, with a text model) with an exported model: by default the file the registry's
+champion serves (`lab2prod predict` is the command line for it).
 
 The ONNX file carries what prediction needs (class names, input size and channels as metadata), and
 images are decoded and resized exactly as `ingest` does. A file that is not a usable image gets a row
@@ -25,6 +25,8 @@ from lab2prod.core.files import atomic_file
 from lab2prod.core.settings import IngestConfig
 from lab2prod.core.storage import is_remote
 from lab2prod.data.images import IMAGE_SUFFIXES, BadImage, decode_image
+from lab2prod.data.text import clean
+from lab2prod.data.tokens import TextEncoder
 from lab2prod.serve.runtime import logits, session
 
 
@@ -37,6 +39,11 @@ class Classifier:
     resize: str = "stretch"  # how ingest resized the images the model was trained on
     sha256: str = ""
     variant: str = "fp32"
+    encoder: TextEncoder | None = None  # a text model's tokenizer (from the file's metadata); None: an image model
+
+    @property
+    def modality(self) -> str:
+        return "image" if self.encoder is None else "text"
 
     @classmethod
     def load(cls, model: str, sha256: str | None = None) -> Classifier:
@@ -64,6 +71,10 @@ class Classifier:
         except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable files
             raise DataError(f"model {source}: ONNX Runtime cannot load it: {str(exc).strip()[:300]}") from None
         meta = sess.get_modelmeta().custom_metadata_map
+        digest, variant = hashlib.sha256(data).hexdigest(), meta.get("variant", "fp32")
+        if meta.get("modality") == "text" and "classes" in meta and "tokenizer" in meta:
+            encoder = TextEncoder(meta["tokenizer"], int(meta.get("max_length", 512)))
+            return cls(sess, json.loads(meta["classes"]), (), source, sha256=digest, variant=variant, encoder=encoder)
         if "classes" not in meta or "image_shape_hwc" not in meta:
             raise DataError(
                 f"model {source}: no class names or input size in its metadata; "
@@ -75,8 +86,8 @@ class Classifier:
             tuple(json.loads(meta["image_shape_hwc"])),
             source,
             resize=meta.get("resize", "stretch"),
-            sha256=hashlib.sha256(data).hexdigest(),
-            variant=meta.get("variant", "fp32"),
+            sha256=digest,
+            variant=variant,
         )
 
     def decode(self, data: bytes, max_pixels: int) -> np.ndarray:
@@ -84,21 +95,25 @@ class Classifier:
         h, _, c = self.image_shape
         return decode_image(data, h, c, max_pixels, self.resize)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for uint8 NHWC images."""
-        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-        z = logits(self.session, x)
+    def predict(self, images: np.ndarray | list[str]) -> np.ndarray:
+        """Class probabilities for uint8 NHWC images (an image model) or for texts (a text model)."""
+        if self.encoder is not None:
+            z = logits(self.session, self.encoder(list(images)))
+        else:
+            x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+            z = logits(self.session, x)
         exp = np.exp(z - z.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
 
-def image_files(paths: list[str]) -> list[str]:
-    """Files named, plus the image files under folders named (sorted); a missing path is an error."""
+def image_files(paths: list[str], suffixes: tuple[str, ...] | frozenset[str] = IMAGE_SUFFIXES) -> list[str]:
+    """Files named, plus the files under folders named whose suffix is one of `suffixes` (images' by default),
+    sorted; a missing path is an error."""
     found: list[str] = []
     for p in paths:
         fs, root = fsspec.core.url_to_fs(p)
         if fs.isdir(root):
-            inside = sorted(f for f in fs.find(root) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            inside = sorted(f for f in fs.find(root) if Path(f).suffix.lower() in suffixes)
             found += [fs.unstrip_protocol(f) if is_remote(p) else f for f in inside]
         elif fs.exists(root):
             found.append(p)
@@ -120,7 +135,8 @@ def classify(
     batch: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
-        probs = classifier.predict(np.stack([img for _, img in batch]))
+        inputs = [x for _, x in batch]
+        probs = classifier.predict(inputs if classifier.encoder is not None else np.stack(inputs))
         for (i, _), p in zip(batch, probs, strict=True):
             best = np.argsort(-p)[:top]
             rows[i]["predictions"] = [(classifier.classes[k], float(p[k])) for k in best]
@@ -130,7 +146,14 @@ def classify(
         rows.append({"file": f, "predictions": [], "error": ""})
         try:
             with fsspec.open(f, "rb") as fh:
-                batch.append((len(rows) - 1, classifier.decode(fh.read(), max_pixels)))
+                data = fh.read()
+            if classifier.encoder is not None:
+                text, reason, detail = clean(data, IngestConfig().max_chars)
+                if text is None:
+                    raise BadImage(reason, detail)
+                batch.append((len(rows) - 1, text))
+            else:
+                batch.append((len(rows) - 1, classifier.decode(data, max_pixels)))
         except BadImage as exc:
             rows[-1]["error"] = f"{exc.reason}: {exc.detail}"
         except OSError as exc:  # a dangling symlink, a permission, a remote read that failed
@@ -139,6 +162,18 @@ def classify(
             flush()
     if batch:
         flush()
+    return rows
+
+
+def classify_texts(classifier: Classifier, texts: list[str], top: int = 1) -> list[dict]:
+    """One row per text given on the command line, as `classify` writes for a file ("file": the text, shortened)."""
+    if not texts:
+        return []
+    probs = classifier.predict(texts)
+    rows = []
+    for t, p in zip(texts, probs, strict=True):
+        best = [(classifier.classes[k], float(p[k])) for k in np.argsort(-p)[:top]]
+        rows.append({"file": t if len(t) <= 60 else t[:57] + "...", "error": "", "predictions": best})
     return rows
 
 
