@@ -30,7 +30,9 @@ def stdlib_texts(per_class: int = 40, packages: tuple[str, ...] = PACKAGES) -> d
             for _, obj in sorted(vars(module).items()):
                 if getattr(obj, "__module__", None) != name or not (inspect.isclass(obj) or inspect.isfunction(obj)):
                     continue
-                members = [obj] + [v for _, v in sorted(vars(obj).items()) if inspect.isfunction(v)] * inspect.isclass(obj)
+                members = [obj] + [v for _, v in sorted(vars(obj).items()) if inspect.isfunction(v)] * inspect.isclass(
+                    obj
+                )
                 for member in members:
                     doc = inspect.cleandoc(member.__doc__ or "")
                     text = re.sub(r"\s+", " ", doc.split("\n\n")[0]).strip()

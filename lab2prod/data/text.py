@@ -133,6 +133,7 @@ class TextGather:
                 self.rejected.append(Rejected(where, "", "no_label", f"empty {self.cfg.label_column!r}"))
             else:
                 self.add("" if text is None else str(text), str(label).strip(), where)
+        self.classes.sort()  # a table's classes in name order, as a folder's are
         found = len(set(c.class_name for c in self.candidates))
         if found < 2:
             raise DataError(f"{source}: {found} class(es) in column {self.cfg.label_column!r}; need at least 2.")

@@ -1,0 +1,179 @@
+"""Text through the DAG: a folder of .txt files or a table in, set-aside texts with their reasons, content-hash
+splits that do not move, a trained bag-of-n-grams model, and an ONNX file that carries its tokenizer and scores
+what evaluate reported. Real texts: docstring paragraphs of three standard-library packages (tests/text_corpus.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from lab2prod.core.errors import DataError
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import validate_params
+from lab2prod.data.text import read_texts
+from tests.conftest import TINY
+from tests.text_corpus import stdlib_texts, write_text_folder
+
+TEXT_TINY = {
+    **TINY,
+    "ingest": {"extra_sources": [], "min_images_per_class": 3},
+    "train": {"epochs": 12, "batch_size": 16, "lr": 0.01, "accelerator": "cpu"},
+    "text": {"vocab_size": 500, "embed_dim": 16, "hidden": 16, "buckets": 4096},
+    "export": {**TINY["export"], "benchmark_seconds": 1},
+}
+
+
+def text_params(source: Path, **ingest: Any):
+    raw = json.loads(json.dumps(TEXT_TINY))
+    raw["ingest"] |= {"source": str(source), **ingest}
+    return validate_params(raw)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict[str, list[str]]:
+    return stdlib_texts(40)
+
+
+def test_a_text_folder_is_ingested_with_every_unusable_file_set_aside_with_its_reason(tmp_path, corpus) -> None:
+    from tasks.ingest import ingest
+
+    root = write_text_folder(tmp_path / "src", corpus)
+    (root / "email" / "blank.txt").write_text(" \n\t ")
+    (root / "email" / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (root / "asyncio" / "huge.txt").write_text("word " * 400)
+    (root / "asyncio" / "picture.png").write_bytes(b"\x89PNG")
+    (root / "unittest" / "copy.txt").write_text(corpus["email"][0])  # the same text under two classes
+    (root / ".ipynb_checkpoints").mkdir()
+    summary = ingest(text_params(root, max_chars=1000).ingest, tmp_path / "prepared")
+
+    report = json.loads((tmp_path / "prepared/quarantine/report.json").read_text())
+    reasons = {Path(r["path"]).name: r["reason"] for r in report["files"]}
+    assert reasons == {
+        "blank.txt": "empty",
+        "latin1.txt": "not_utf8",
+        "huge.txt": "too_long",
+        "picture.png": "not_a_text_extension",
+        "copy.txt": "conflicting_labels",
+        "0000.txt": "conflicting_labels",
+        ".ipynb_checkpoints": "hidden",
+    }
+    meta = json.loads((tmp_path / "prepared/meta.json").read_text())
+    assert meta["modality"] == summary["modality"] == "text"  # detected: ingest.modality is auto
+    assert sorted(meta["classes"]) == sorted(corpus)
+    stored = [t for split in ("train", "val", "test") for t in read_texts(tmp_path / "prepared", split)[0]]
+    expected = {t for name, texts in corpus.items() for t in texts if t != corpus["email"][0]}
+    assert sorted(stored) == sorted(expected)  # every good text once, exactly as written (stripped)
+    assert 0 < meta["text"]["word_coverage_by_train"]["test"] < 1
+
+
+def test_splits_follow_the_text_so_adding_texts_moves_none(tmp_path, corpus) -> None:
+    from tasks.ingest import ingest
+
+    small = {name: texts[:25] for name, texts in corpus.items()}
+    ingest(text_params(write_text_folder(tmp_path / "a", small)).ingest, tmp_path / "p1")
+    ingest(text_params(write_text_folder(tmp_path / "b", corpus)).ingest, tmp_path / "p2")
+
+    def split_of(prepared: Path) -> dict[str, str]:
+        return {t: s for s in ("train", "val", "test") for t in read_texts(prepared, s)[0]}
+
+    before, after = split_of(tmp_path / "p1"), split_of(tmp_path / "p2")
+    assert len(after) > len(before)
+    assert {t: after[t] for t in before} == before
+
+
+def test_a_table_gives_the_same_data_as_the_folder_and_a_missing_column_is_named(tmp_path, corpus) -> None:
+    from tasks.ingest import ingest
+
+    table = tmp_path / "texts.csv"
+    with table.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["body", "topic"])
+        writer.writerows((t, name) for name, texts in corpus.items() for t in texts)
+    ingest(text_params(table, text_column="body", label_column="topic").ingest, tmp_path / "from_table")
+    ingest(text_params(write_text_folder(tmp_path / "src", corpus)).ingest, tmp_path / "from_folder")
+    meta_t, meta_f = (json.loads((tmp_path / p / "meta.json").read_text()) for p in ("from_table", "from_folder"))
+    assert meta_t["split_hashes"] == meta_f["split_hashes"]  # same texts, same labels, same splits
+
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "label": name}) + "\n" for name, ts in corpus.items() for t in ts))
+    with pytest.raises(DataError, match=r"no column 'body' \(ingest.text_column\).*\['label', 'text'\]"):
+        ingest(text_params(jsonl, text_column="body").ingest, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, corpus) -> dict[str, Any]:
+    """Every stage once on a three-class text folder, in a temp workspace."""
+    from tasks.augment import augment
+    from tasks.compress import compress
+    from tasks.evaluate import evaluate
+    from tasks.export import export
+    from tasks.ingest import ingest
+    from tasks.train import train
+
+    d = tmp_path_factory.mktemp("text_run")
+    params = text_params(write_text_folder(d / "src", corpus))
+    ws = Workspace.under(d)
+    ingest(params.ingest, ws.prepared)
+    augment(params.augment, ws)
+    summary = train(params, ws)
+    metrics = evaluate(params.evaluate, ws)
+    compress(params, ws)
+    export(params, ws)
+    return {"ws": ws, "train": summary, "metrics": metrics}
+
+
+def test_the_exported_text_model_scores_what_evaluate_reported_and_beats_chance(text_run) -> None:
+    from lab2prod.serve.predict import Classifier
+
+    ws, metrics = text_run["ws"], text_run["metrics"]
+    texts, labels = read_texts(ws.prepared, "test")
+    model = Classifier.load(str(ws.exported / "model.onnx"))  # onnxruntime + tokenizers: no torch involved
+    assert model.modality == "text" and model.classes == json.loads((ws.prepared / "meta.json").read_text())["classes"]
+    predicted = model.predict(texts).argmax(1)
+    assert accuracy_score(labels, predicted) == pytest.approx(metrics["accuracy"])
+    assert f1_score(labels, predicted, average="macro") == pytest.approx(metrics["f1_macro"])
+    chance = np.bincount(labels).max() / len(labels)
+    assert metrics["accuracy"] > chance + 0.15
+    assert metrics["baseline"]["model"] == "tfidf_logistic"
+    saved = json.loads((ws.exported / "tokenizer.json").read_text())["model"]["vocab"]
+    assert saved == model.encoder.tokenizer.get_vocab() and len(saved) > 100  # the file beside = the one inside
+
+
+def test_padding_does_not_change_a_texts_prediction(text_run) -> None:
+    from lab2prod.serve.predict import Classifier
+
+    ws = text_run["ws"]
+    model = Classifier.load(str(ws.exported / "model.onnx"))
+    texts, _ = read_texts(ws.prepared, "test")
+    short, long = min(texts, key=len), max(texts, key=len)
+    together = model.predict([short, long])  # `short` padded to the longer text's length
+    alone = model.predict([short])
+    np.testing.assert_allclose(together[0], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_predict_classifies_text_files_and_texts_given_on_the_command_line(text_run, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lab2prod.cli.main import app
+
+    ws = text_run["ws"]
+    (tmp_path / "a.txt").write_text("Return the message payload as bytes, decoding the transfer encoding.")
+    (tmp_path / "empty.txt").write_text("")
+    out = tmp_path / "p.csv"
+    model = str(ws.exported / "model.onnx")
+    result = CliRunner().invoke(
+        app, ["predict", str(tmp_path), "--model", model, "--text", "Run the loop", "--csv", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    classes = set(json.loads((ws.prepared / "meta.json").read_text())["classes"])
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["a.txt", "empty.txt", "Run the loop"]
+    assert rows[0]["class1"] in classes and rows[2]["class1"] in classes
+    assert rows[1]["error"].startswith("empty") and rows[1]["class1"] == ""
