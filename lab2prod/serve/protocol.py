@@ -8,6 +8,12 @@ Here a connection closes (408, `Connection: close`) when a request's headers are
 `serve.header_timeout_s` of its opening, or of the last response plus `serve.keep_alive_s`; headers over
 MAX_HEAD_BYTES are answered 431. Bodies are timed by the Guard (`serve.body_timeout_s`), once the
 app has the request.
+
+An answer sent before the request's body was all read (413, 408, 401) is followed by a lingering close:
+the answer and a FIN go out at once, what the client still sends is read and dropped for LINGER_S
+seconds or LINGER_BYTES at most, then the connection closes. Closed at once, the unread bytes would make
+the kernel reset the connection, and a client that writes its whole body before reading (most do) would
+see the reset instead of the answer.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ except ImportError:  # httptools is not installed: uvicorn's own choice is h11 t
     HttpToolsProtocol = None
 
 MAX_HEAD_BYTES = 1 << 20  # request line and headers, at most (h11 refuses over 16 KB itself)
+LINGER_S, LINGER_BYTES = 2.0, 16 << 20
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 _NONE = object()  # the "cycle" of a connection before its first request
 
@@ -43,11 +50,19 @@ class _HeaderDeadline:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.header_timeout = header_timeout
 
+    _lingering: asyncio.TimerHandle | None = None
+    _dropped = 0
+
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(_Transport(transport, self))  # type: ignore[misc]
         self._await_headers(self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:  # the answer is out: what still comes is dropped, up to a bound
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:
+                self.transport.real.close()  # type: ignore[attr-defined]
+            return
         waiting = self._timer is not None
         if waiting:
             self._head_bytes += len(data)
@@ -65,7 +80,20 @@ class _HeaderDeadline:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)  # type: ignore[misc]
+
+    def _close(self, real: Any) -> None:
+        """What closing the connection does: a lingering close while the request's body is still coming."""
+        cycle = self._current()
+        body_coming = cycle is not _NONE and cycle.more_body and not cycle.disconnected
+        if self._lingering is not None or not body_coming or not real.can_write_eof():
+            real.close()
+            return
+        real.write_eof()  # after what is buffered: the client reads the answer, then the end
+        real.resume_reading()
+        self._lingering = self.loop.call_later(LINGER_S, real.close)  # type: ignore[attr-defined]
 
     def _current(self) -> Any:
         return _NONE if self.cycle is None else self.cycle  # type: ignore[attr-defined]
@@ -96,6 +124,23 @@ class _HeaderDeadline:
             head = b"HTTP/1.1 %d %s\r\nconnection: close\r\ncontent-type: text/plain\r\n" % (status, reason)
             transport.write(head + b"content-length: %d\r\n\r\n%s" % (len(body), body))
         transport.close()
+
+
+class _Transport:
+    """The connection's transport as uvicorn's protocol sees it: closing it may linger (`_HeaderDeadline._close`)."""
+
+    def __init__(self, real: Any, protocol: _HeaderDeadline) -> None:
+        self.real, self._protocol, self._closing = real, protocol, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def close(self) -> None:
+        self._closing = True
+        self._protocol._close(self.real)
+
+    def is_closing(self) -> bool:
+        return self._closing or self.real.is_closing()
 
 
 class H11WithDeadlines(_HeaderDeadline, H11Protocol):
