@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -184,6 +185,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Server processes (default: serve.workers).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn's access log).")] = False,
+    token_file: Annotated[
+        str | None, typer.Option(help="File holding the token POST /feedback needs (or set LAB2PROD_TOKEN).")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Serve the champion over HTTP: `POST /predict`, `POST /feedback`, `/healthz`, `/readyz`, `/metrics`,
@@ -192,9 +196,15 @@ def serve(
     Requests arriving together share one model call (micro-batching). A promotion or rollback in the registry
     is picked up without a restart, after its sha256 and a smoke prediction check out; a broken file is refused
     and the previous model keeps serving. A sample of the predictions goes to the prediction log
-    (`serve.log_dir`). Settings: the `serve:` section of params.yaml.
+    (`serve.log_dir`). Settings: the `serve:` section of params.yaml. Beyond loopback (--host 0.0.0.0),
+    POST /feedback needs `Authorization: Bearer <token>` (LAB2PROD_TOKEN or --token-file); without a token
+    it is refused (401) and reads are served.
     """
     from lab2prod.serve.app import serve as run_server
+    from lab2prod.serve.auth import TOKEN_FILE_ENV
+
+    if token_file:
+        os.environ[TOKEN_FILE_ENV] = token_file  # read by each worker process; the token stays out of argv
 
     overrides = parse_overrides(set_)
     params = (

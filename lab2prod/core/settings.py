@@ -178,6 +178,12 @@ class ServeConfig(Section):
     max_images: Annotated[int, Field(ge=1, le=10_000)] = 64
     max_image_pixels: Annotated[int, Field(ge=1024)] = 40_000_000
     request_timeout_s: Annotated[float, Field(gt=0.0, le=3600)] = 10.0
+    header_timeout_s: Annotated[float, Field(gt=0.0, le=3600)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0.0, le=3600)] = 30.0
+    keep_alive_s: Annotated[float, Field(gt=0.0, le=3600)] = 5.0
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 256
+    max_decodes: Annotated[int, Field(ge=1, le=256)] = 2
+    decode_mpx: Annotated[float, Field(gt=0.0, le=100_000)] = 80.0
     reload_interval_s: Annotated[float, Field(gt=0.0, le=3600)] = 2.0
     log_dir: str = "logs/predictions"
     log_sample: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
@@ -236,8 +242,7 @@ def _describe(error: dict[str, Any], source: str) -> str:
 
 def validate_params(raw: Any, source: str = str(PARAMS_FILE)) -> Params:
     """Validate a parsed params mapping; raise ConfigError listing every problem found."""
-    if raw is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of stage sections, got {type(raw).__name__}.")
     try:
@@ -255,10 +260,9 @@ def read_raw(path: Path | str = PARAMS_FILE) -> Any:
     except FileNotFoundError:
         raise ConfigError(f"{path}: settings file not found; run from the project root.") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)  # validate_params says what is wrong with anything but a mapping
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return raw  # validate_params says what is wrong with anything but a mapping
 
 
 def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:

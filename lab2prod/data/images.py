@@ -5,7 +5,6 @@ and the rest through Pillow) and resized to a square."""
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -68,31 +67,39 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
+def check_pixels(img: Image.Image, max_pixels: int) -> None:
+    """The decompression-bomb guard: refuse an opened image whose header states over `max_pixels` pixels,
+    before any pixel is decoded (Pillow opens lazily). Thread-safe: it reads no global (Pillow's own guard,
+    Image.MAX_IMAGE_PIXELS and its warning, is a process-wide setting that threads cannot change safely)."""
+    width, height = img.size
+    if width * height > max_pixels:
+        raise BadImage(
+            "decompression_bomb",
+            f"{width}x{height} = {width * height} pixels, over the limit of {max_pixels} (max_image_pixels)",
+        )
+
+
 def _decode(data: bytes, size: int, channels: int, max_pixels: int, resize: str) -> tuple[np.ndarray, str, bool]:
     if not data:
         raise BadImage("empty_file", "the file has zero bytes")
-    # PIL's own bomb guard: an error above 2x the limit, a warning above 1x; we make both errors.
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # Pillow's default, never changed here
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            source_format = img.format or ""
-            drafted = source_format == "JPEG" and min(img.size) >= 2 * size
-            if drafted:
-                img.draft("L" if channels == 1 else "RGB", (size, size))  # decode at 1/2..1/8 scale: faster
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage("decompression_bomb", str(exc)) from None
+        img = Image.open(io.BytesIO(data))
+        check_pixels(img, max_pixels)  # before .load(): what the header states is checked before it is decoded
+        source_format = img.format or ""
+        drafted = source_format == "JPEG" and min(img.size) >= 2 * size
+        if drafted:
+            img.draft("L" if channels == 1 else "RGB", (size, size))  # decode at 1/2..1/8 scale: faster
+        img.load()
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (2x its global default): over ours too
+        raise BadImage("decompression_bomb", f"{exc} (the limit here: {max_pixels} pixels, max_image_pixels)") from None
     except UnidentifiedImageError:
         raise BadImage("not_an_image", "no image format recognises these bytes") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports truncation and corruption so
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise BadImage(reason, str(exc)) from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
-    img = _to_8bit(ImageOps.exif_transpose(img)).convert("L" if channels == 1 else "RGB")
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy of an image with no rotation
+    img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
     resized = drafted or img.size != (size, size)
     if resized and resize == "crop":  # shorter side to `size`, then the centre square: no distortion
         img = ImageOps.fit(img, (size, size), Image.Resampling.BILINEAR)

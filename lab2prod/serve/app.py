@@ -17,8 +17,10 @@ A file that fails any check is refused (log line, `lab2prod_model_reloads_total{
 the previous model keeps serving; the same pointer is not retried until it changes.
 
 Limits: body size (413 before it is read), images per request (413), the decompression-bomb guard and
-decoding exactly as ingest does (422 naming the image and the reason), queue length (503), per-request
-timeout (504). Nothing a client sends reaches the model unchecked.
+decoding exactly as ingest does (422 naming the image and the reason), queue length (503), pixels being
+decoded (503), per-request timeout (504, and the request's decoding stops), slow headers and bodies (408),
+idle and too many connections. Nothing a client sends reaches the model unchecked. Writes (/feedback)
+need the token (LAB2PROD_TOKEN) when one is set or the server listens beyond loopback (serve/auth.py).
 """
 
 from __future__ import annotations
@@ -45,11 +47,14 @@ from lab2prod.core.settings import ServeConfig
 from lab2prod.core.storage import is_remote
 from lab2prod.data.feedback import add_feedback
 from lab2prod.data.images import BadImage
-from lab2prod.serve.batch import MicroBatcher
+from lab2prod.serve.auth import TOKEN_ENV, WriteAuth, load_token
+from lab2prod.serve.batch import Busy, MicroBatcher
+from lab2prod.serve.decode import Decoder, header_pixels
 from lab2prod.serve.guard import Guard
 from lab2prod.serve.metrics import Metrics
 from lab2prod.serve.model import ChampionSource, FileSource, ModelHolder
 from lab2prod.serve.prediction_log import PredictionLog
+from lab2prod.serve.protocol import uvicorn_options
 from lab2prod.serve.requests import PredictHandler, Server, _model_or_503
 from lab2prod.serve.schema import FEEDBACK_BODY, _document_predict
 
@@ -66,12 +71,22 @@ def create_app(
     source: ChampionSource | FileSource,
     prediction_log: PredictionLog | None = None,
     feedback_dir: str | None = None,
+    auth: WriteAuth | None = None,
 ) -> Any:
-    """The ASGI app (FastAPI inside the Guard middleware)."""
+    """The ASGI app (FastAPI inside the Guard middleware); writes need `auth`'s token (default: none, so open
+    on loopback only)."""
     metrics = Metrics()
     holder = ModelHolder(source, metrics)
     batcher = MicroBatcher(cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue, metrics, prediction_log, cfg.top_k)
-    server = Server(cfg, holder, batcher, metrics, feedback_dir or cfg.feedback_dir)
+    decoder = Decoder(cfg.max_decodes, cfg.decode_mpx, cfg.max_image_pixels)
+    server = Server(cfg, holder, batcher, metrics, feedback_dir or cfg.feedback_dir, decoder)
+    auth = auth or WriteAuth(cfg.host, None)
+    if auth.writes_disabled:
+        log.warning(
+            "listening on %s without a token: POST /feedback is answered 401; set %s to accept labels",
+            cfg.host,
+            TOKEN_ENV,
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +104,7 @@ def create_app(
         for t in tasks:
             t.cancel()
         batcher.executor.shutdown(wait=True)
+        decoder.executor.shutdown(wait=True, cancel_futures=True)
         if prediction_log is not None:
             prediction_log.close()
 
@@ -118,7 +134,7 @@ def create_app(
         try:
             form = await request.form(max_files=1, max_fields=4)
         except StarletteHTTPException as exc:
-            if exc.status_code == 413:
+            if exc.status_code in (408, 413):
                 raise
             raise HTTPException(400, f"the multipart body cannot be read: {exc.detail}") from None
         image, label = form.get("image"), form.get("label")
@@ -129,7 +145,8 @@ def create_app(
             )
         data = await image.read()
         try:
-            stored = await run_in_threadpool(
+            stored = await decoder.run(
+                decoder.cost([header_pixels(data)]),
                 add_feedback,
                 server.feedback_dir,
                 data,
@@ -142,6 +159,8 @@ def create_app(
             raise HTTPException(422, f"image ({image.filename}): {exc.reason}: {exc.detail}") from None
         except DataError as exc:
             raise HTTPException(422, str(exc)) from None
+        except Busy as exc:
+            raise HTTPException(503, f"server busy: {exc}; retry shortly", headers={"Retry-After": "1"}) from None
         metrics.feedback.inc()
         log.info("feedback: %s labelled %r -> %s", image.filename, stored.label, stored.path)
         return JSONResponse(dataclasses.asdict(stored), status_code=201 if stored.new else 200)
@@ -180,7 +199,8 @@ def create_app(
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     _document_predict(app)
-    return Guard(app, PredictHandler(server, prediction_log), int(cfg.max_body_mb * 2**20), metrics)
+    predict = PredictHandler(server, prediction_log)
+    return Guard(app, predict, int(cfg.max_body_mb * 2**20), metrics, cfg.body_timeout_s, auth)
 
 
 def app_from_environment() -> Any:
@@ -194,7 +214,7 @@ def app_from_environment() -> Any:
     if cfg.log_sample > 0:
         plog = PredictionLog(Path(cfg.log_dir), cfg.log_sample, cfg.log_file_mb, cfg.log_max_mb, cfg.log_images)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(cfg, source, plog)
+    return create_app(cfg, source, plog, auth=WriteAuth(cfg.host, load_token()))
 
 
 def serve(
@@ -209,6 +229,7 @@ def serve(
             f"serve.log_dir = {cfg.log_dir!r}: the prediction log is appended to local files; use a local "
             "directory (replicas can share a mounted volume)"
         )
+    load_token()  # an unreadable token file or a weak token stops the start here, not in each worker
     os.environ[CONFIG_ENV] = json.dumps({"config": cfg.model_dump(mode="json"), "model": model, "registry": registry})
     uvicorn.run(
         "lab2prod.serve.app:app_from_environment",
@@ -219,4 +240,5 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=int(cfg.request_timeout_s) + 1,
+        **uvicorn_options(cfg),
     )

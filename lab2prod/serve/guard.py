@@ -1,30 +1,42 @@
-"""The ASGI guard in front of the app: body limits from Content-Length and while reading, unknown paths,
-clients that disconnect, and the hand-off of `POST /predict` to its plain ASGI handler."""
+"""The ASGI guard in front of the app: the token of write routes, body limits (from Content-Length, and while
+reading: size and `serve.body_timeout_s`), unknown paths, clients that disconnect, and the hand-off of
+`POST /predict` to its plain ASGI handler."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
+from lab2prod.serve.auth import WRITE_PATHS, WriteAuth
 from lab2prod.serve.metrics import Metrics
 
 log = logging.getLogger("lab2prod.serve")
 
 
 KNOWN_PATHS = {"/predict", "/feedback", "/healthz", "/readyz", "/metrics", "/model", "/docs", "/openapi.json"}
+CLOSE = (b"connection", b"close")
+CLIENT_GONE = "499"  # the status counted for a client that disconnected before its answer (nginx's code)
 
 
 class Guard:
-    """ASGI middleware: the body-size limit (before the body is read when Content-Length says so), the
-    request metrics (count by endpoint and status, latency), and the hot path: `/predict` goes straight to
-    `predict` (a plain ASGI handler), everything else to FastAPI."""
+    """ASGI middleware: write routes' token, the body limits (a body over the limit is answered 413 from its
+    Content-Length, unread, or as soon as what was read passes the limit; a body not all read within
+    `body_timeout_s` 408), the request metrics (count by endpoint and status, latency; 499 for a client that
+    went away), and the hot path: `/predict` goes straight to `predict` (a plain ASGI handler), everything
+    else to FastAPI. Any answer sent before the request's body was all read closes the connection
+    (`Connection: close`): the rest of the body is not read."""
 
-    def __init__(self, app: Any, predict: Any, max_body: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: Any, predict: Any, max_body: int, metrics: Metrics, body_timeout_s: float, auth: WriteAuth
+    ) -> None:
         self.app, self.predict, self.max_body, self.metrics = app, predict, max_body, metrics
+        self.body_timeout_s, self.auth = body_timeout_s, auth
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -32,10 +44,16 @@ class Guard:
             return
         endpoint = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
         started, status = time.perf_counter(), [500]
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        body_read = [length in (None, b"0") and b"transfer-encoding" not in headers]
+        gone = [False]
 
         async def send_recording(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if not body_read[0]:  # the rest of the body will not be read: the connection cannot be reused
+                    message = {**message, "headers": [*message.get("headers", []), CLOSE]}
             await send(message)
 
         too_big = (
@@ -43,33 +61,42 @@ class Guard:
             "send fewer or smaller images per request"
         )
         try:
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                await self._drain(receive)  # read (and drop) it so the client sees the answer, not a reset
-                await JSONResponse({"detail": too_big}, status_code=413)(scope, receive, send_recording)
+            if endpoint in WRITE_PATHS and (why := self.auth.refusal(headers)):
+                answer = JSONResponse({"detail": why}, status_code=401, headers={"www-authenticate": "Bearer"})
+                await answer(scope, receive, send_recording)
                 return
-            seen = 0
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                await JSONResponse({"detail": too_big}, status_code=413)(scope, receive, send_recording)
+                return  # at once, the body unread (the connection closes)
+            seen, deadline = 0, asyncio.get_running_loop().time() + self.body_timeout_s
 
             async def limited() -> dict:
                 nonlocal seen
-                message = await receive()
-                if message["type"] == "http.request":
+                if body_read[0]:  # nothing more to read: only the disconnect comes, whenever it does
+                    message = await receive()
+                else:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            message = await receive()
+                    except TimeoutError:
+                        raise HTTPException(
+                            408,
+                            f"request body not received within serve.body_timeout_s = {self.body_timeout_s:g} s "
+                            f"({seen} bytes read); send it faster, or smaller",
+                        ) from None
+                if message["type"] == "http.disconnect":
+                    gone[0] = True
+                elif message["type"] == "http.request":
                     seen += len(message.get("body", b""))
                     if seen > self.max_body:
                         raise HTTPException(413, too_big)
+                    body_read[0] = not message.get("more_body", False)
                 return message
 
             await (self.predict if endpoint == "/predict" else self.app)(scope, limited, send_recording)
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing went wrong here
+            gone[0] = True
         finally:
-            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            code = CLIENT_GONE if gone[0] else str(status[0])
+            self.metrics.requests.labels(endpoint, code).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-
-    async def _drain(self, receive: Any) -> None:
-        drained, cap = 0, max(4 * self.max_body, 64 * 2**20)
-        while drained <= cap:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            drained += len(message.get("body", b""))
-            if not message.get("more_body"):
-                return

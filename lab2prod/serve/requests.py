@@ -4,20 +4,17 @@ prediction, and the answer."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import logging
-import struct
+import time
 import urllib.parse
 from typing import Any
 
 import numpy as np
 from fastapi import HTTPException, Request
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -25,8 +22,8 @@ from starlette.requests import ClientDisconnect
 
 from lab2prod.core.settings import ServeConfig
 from lab2prod.data.feedback import EXTENSIONS
-from lab2prod.data.images import BadImage
 from lab2prod.serve.batch import Busy, MicroBatcher
+from lab2prod.serve.decode import Decoder, decode_request
 from lab2prod.serve.metrics import Metrics
 from lab2prod.serve.model import ModelHolder, ServedModel
 from lab2prod.serve.prediction_log import PredictionLog
@@ -41,6 +38,7 @@ class Server:
     batcher: MicroBatcher
     metrics: Metrics
     feedback_dir: str
+    decoder: Decoder
 
 
 async def _read_images(request: Request, cfg: ServeConfig) -> list[tuple[str, bytes]]:
@@ -72,41 +70,6 @@ async def _read_images(request: Request, cfg: ServeConfig) -> list[tuple[str, by
             "application/octet-stream) or images as multipart file parts",
         )
     return [("body", body)]
-
-
-INLINE_DECODE_PIXELS = 1_000_000
-
-
-def _few_pixels(parts: list[tuple[str, bytes]]) -> bool:
-    """True when the images' headers say they hold under INLINE_DECODE_PIXELS pixels together (a milliseconds'
-    decode)."""
-    return sum(_header_pixels(data) for _, data in parts) <= INLINE_DECODE_PIXELS
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _header_pixels(data: bytes) -> int:
-    """Width x height as the image's header states it: read off a PNG's IHDR chunk (always the first), through
-    PIL for other formats; 0 when the header is unreadable (decoding then refuses the file at once)."""
-    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return width * height
-    with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as img:
-        return img.width * img.height
-    return 0
-
-
-def _decode_all(model: ServedModel, parts: list[tuple[str, bytes]], max_pixels: int) -> tuple[np.ndarray, list[str]]:
-    images, problems = [], []
-    for i, (name, data) in enumerate(parts):
-        try:
-            images.append(model.classifier.decode(data, max_pixels))
-        except BadImage as exc:
-            problems.append(f"image {i + 1} ({name}): {exc.reason}: {exc.detail.rstrip('. ')}")
-    if problems:
-        raise HTTPException(422, "; ".join(problems) + ". Nothing was classified; send usable images")
-    return np.stack(images), [hashlib.sha256(d).hexdigest()[:16] for _, d in parts]
 
 
 class PredictHandler:
@@ -149,16 +112,15 @@ class PredictHandler:
         server, cfg = self.server, self.server.cfg
         top_k = _top_k(scope, cfg.top_k)
         model = _model_or_503(server.holder)
-        batcher = server.batcher
+        batcher, deadline = server.batcher, time.monotonic() + cfg.request_timeout_s
         try:
             async with asyncio.timeout(cfg.request_timeout_s):
                 batcher.arriving += 1
                 try:
                     parts = await _read_images(request, cfg)
-                    if _few_pixels(parts):  # small images: decoding costs less than a hop to a thread
-                        images, fingerprints = _decode_all(model, parts, cfg.max_image_pixels)
-                    else:
-                        images, fingerprints = await run_in_threadpool(_decode_all, model, parts, cfg.max_image_pixels)
+                    images, fingerprints = await decode_request(
+                        server.decoder, model, parts, cfg.max_image_pixels, deadline, request.receive
+                    )
                     files = None
                     if self.prediction_log is not None and self.prediction_log.keep_images:
                         files = [(d, _extension(d)) for _, d in parts]
