@@ -16,7 +16,7 @@ class TextConfig(Section):
     vocab_size: Annotated[int, Field(ge=100, le=500_000)] = 20_000  # WordPiece vocabulary learned on the train split
     lowercase: bool = True
     max_length: Annotated[int, Field(ge=8, le=8192)] = 256  # tokens a text is cut to (train and serve alike)
-    ngrams: Annotated[int, Field(ge=1, le=3)] = 2  # token n-grams up to this length are features
+    ngrams: Annotated[int, Field(ge=1, le=3)] = 1  # token n-grams up to this length (2, 3: hashed into buckets)
     buckets: Annotated[int, Field(ge=1024, le=4_000_000)] = 65_536  # hash buckets of the 2- and 3-grams
     embed_dim: Annotated[int, Field(ge=8, le=1024)] = 64
     hidden: Annotated[int, Field(ge=0, le=8192)] = 256  # the MLP's hidden layer (0: a linear head on the bag)

@@ -185,6 +185,7 @@ def create_app(
             "model_version": model and model.version,
             "model_sha256": model and model.sha256,
             "variant": model and model.classifier.variant,
+            "modality": model and model.classifier.modality,
             "classes": model and model.classifier.classes,
             "image_shape_hwc": model and list(model.classifier.image_shape),
             "loaded_at": model and model.loaded_at,

@@ -98,9 +98,9 @@ def load_served(pointer: Pointer) -> ServedModel:
             f"{pointer.sha256[:16]}...: the file was modified or is incomplete"
         )
     classifier = Classifier.from_bytes(data, pointer.location)
-    h, w, c = classifier.image_shape
+    smoke = ["a", "two words"] if classifier.modality == "text" else np.zeros((2, *classifier.image_shape), np.uint8)
     try:
-        probs = classifier.predict(np.zeros((2, h, w, c), dtype=np.uint8))
+        probs = classifier.predict(smoke)
     except Exception as exc:  # any ONNX Runtime failure on a valid input means the file cannot serve
         raise DataError(f"model {pointer.location}: smoke prediction failed: {str(exc).strip()[:300]}") from None
     if probs.shape != (2, len(classifier.classes)) or not np.isfinite(probs).all():

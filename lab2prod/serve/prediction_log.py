@@ -78,13 +78,18 @@ class PredictionLog:
         probs = probabilities[keep]
         order = np.argsort(-probs, axis=1)[:, :top_k]
         top = np.round(np.take_along_axis(probs, order, axis=1), 6).tolist()
-        pixels = images[keep].reshape(len(keep), -1).astype(np.float32) / np.float32(255.0)
-        means = np.round(pixels.mean(axis=1), 6).tolist()
-        stds = np.round(pixels.std(axis=1), 6).tolist()
-        height, width = int(images.shape[1]), int(images.shape[2])
+        if images.dtype == object:  # texts: their length in the log instead of pixel statistics
+            sizes = [{"chars": len(str(images[i])), "words": len(str(images[i]).split())} for i in keep]
+        else:
+            pixels = images[keep].reshape(len(keep), -1).astype(np.float32) / np.float32(255.0)
+            means, stds = np.round(pixels.mean(axis=1), 6).tolist(), np.round(pixels.std(axis=1), 6).tolist()
+            height, width = int(images.shape[1]), int(images.shape[2])
+            sizes = [
+                {"mean": m, "std": sd, "height": height, "width": width} for m, sd in zip(means, stds, strict=True)
+            ]
         lines: list[str] = []
         kept: list[tuple[str, bytes]] = []
-        for row_order, row_top, mean, std, i in zip(order.tolist(), top, means, stds, keep, strict=True):
+        for row_order, row_top, size, i in zip(order.tolist(), top, sizes, keep, strict=True):
             row: dict[str, Any] = {
                 "time": now,
                 "model_version": version,
@@ -93,10 +98,7 @@ class PredictionLog:
                 "confidence": row_top[0],
                 "probabilities": {classes[k]: q for k, q in zip(row_order, row_top, strict=True)},
                 "fingerprint": fingerprints[i],
-                "mean": mean,
-                "std": std,
-                "height": height,
-                "width": width,
+                **size,
             }
             if self.keep_images and files is not None:
                 data, ext = files[i]

@@ -1,10 +1,11 @@
-"""`POST /predict`: reading the images of a request, decoding them (inline or on a thread), micro-batched
-prediction, and the answer."""
+"""`POST /predict`: reading the images (or a text model's JSON texts) of a request, decoding them (inline or on a
+thread), micro-batched prediction, and the answer."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -20,8 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
-from lab2prod.core.settings import ServeConfig
+from lab2prod.core.settings import IngestConfig, ServeConfig
 from lab2prod.data.feedback import EXTENSIONS
+from lab2prod.data.text import clean
 from lab2prod.serve.batch import Busy, MicroBatcher
 from lab2prod.serve.decode import Decoder, decode_request
 from lab2prod.serve.metrics import Metrics
@@ -72,6 +74,26 @@ async def _read_images(request: Request, cfg: ServeConfig) -> list[tuple[str, by
     return [("body", body)]
 
 
+async def _read_texts(request: Request, cfg: ServeConfig) -> tuple[list[tuple[str, bytes]], np.ndarray, list[str]]:
+    """A text model's request: JSON {"texts": ["...", ...]}; 422 naming the first text that cannot be used."""
+    try:
+        texts = json.loads(await request.body()).get("texts")
+    except (ValueError, AttributeError):
+        texts = None
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise HTTPException(422, 'this model classifies texts: send JSON {"texts": ["a text", ...]}')
+    if len(texts) > cfg.max_images:
+        raise HTTPException(413, f"{len(texts)} texts > serve.max_images = {cfg.max_images} per request; split them up")
+    cleaned = []
+    for i, raw in enumerate(texts):
+        text, reason, detail = clean(raw, IngestConfig().max_chars)
+        if text is None:
+            raise HTTPException(422, f"texts[{i}]: {reason}: {detail}")
+        cleaned.append(text)
+    fingerprints = [hashlib.sha256(t.encode()).hexdigest()[:16] for t in cleaned]
+    return [(f"texts[{i}]", b"") for i in range(len(cleaned))], np.asarray(cleaned, dtype=object), fingerprints
+
+
 class PredictHandler:
     """`POST /predict` as a plain ASGI handler: classify one image (raw body) or several (multipart file parts,
     at most serve.max_images).
@@ -117,12 +139,15 @@ class PredictHandler:
             async with asyncio.timeout(cfg.request_timeout_s):
                 batcher.arriving += 1
                 try:
-                    parts = await _read_images(request, cfg)
-                    images, fingerprints = await decode_request(
-                        server.decoder, model, parts, cfg.max_image_pixels, deadline, request.receive
-                    )
+                    if model.classifier.modality == "text":
+                        parts, images, fingerprints = await _read_texts(request, cfg)
+                    else:
+                        parts = await _read_images(request, cfg)
+                        images, fingerprints = await decode_request(
+                            server.decoder, model, parts, cfg.max_image_pixels, deadline, request.receive
+                        )
                     files = None
-                    if self.prediction_log is not None and self.prediction_log.keep_images:
+                    if self.prediction_log is not None and self.prediction_log.keep_images and images.dtype != object:
                         files = [(d, _extension(d)) for _, d in parts]
                 finally:
                     batcher.arriving -= 1

@@ -21,7 +21,8 @@ def save_text_preview(texts: list[str], labels: np.ndarray, classes: list[str], 
     words = np.asarray([len(t.split()) for t in texts])
     picked = [c for c in range(len(classes)) if (labels == c).any()][:shown]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.45 * len(picked) + 1.5)), width_ratios=[1, 1.6])
-    left.boxplot([words[labels == c] for c in picked], orientation="horizontal", tick_labels=[classes[c] for c in picked])
+    names = [classes[c] for c in picked]
+    left.boxplot([words[labels == c] for c in picked], orientation="horizontal", tick_labels=names)
     left.set_xlabel("words per text")
     left.set_title(f"training texts: {len(texts)}, median {np.median(words):.0f} words")
     left.invert_yaxis()
