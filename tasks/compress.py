@@ -34,7 +34,7 @@ from lab2prod.core.records import CompressReport
 from lab2prod.core.settings import Params, load_params
 from models.compress.variants import VariantBuilder
 from models.nets.model_file import load_model_file
-from models.text.scoring import text_compress_report
+from models.text.compress import compress_text
 
 log = logging.getLogger("tasks.compress")  # not __name__: that is __main__ under python -m
 
@@ -42,19 +42,18 @@ log = logging.getLogger("tasks.compress")  # not __name__: that is __main__ unde
 def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     """Build, score and gate every enabled variant. Returns the metrics written to metrics/compress.json."""
     cfg = params.compress
-    if read_json(ws.prepared / "meta.json").get("modality") == "text":
-        report = text_compress_report(cfg, ws.model, ws.prepared)
-        with atomic_dir(ws.compressed):
-            report.write(ws.compress_metrics)
-        log.info("compress: text model: no variants yet (INT8 and distillation of text models come next)")
-        return report.model_dump(mode="json", exclude_unset=True)
-    teacher, info = load_model_file(ws.model)
+    text = read_json(ws.prepared / "meta.json").get("modality") == "text"
     with atomic_dir(ws.compressed) as tmp, tempfile.TemporaryDirectory() as scratch:
-        builder = VariantBuilder(params, ws, teacher, info, tmp, Path(scratch))
-        variants = builder.build_all()
-        thresholds = {"max_accuracy_drop_points": cfg.max_accuracy_drop, "max_f1_drop_points": cfg.max_f1_drop}
-        report = CompressReport(fp32=builder.fp32, variants=variants, thresholds=thresholds)
+        if text:  # models/text/compress.py: dynamic INT8 of the ONNX file
+            report = compress_text(params, ws.model, ws.prepared, tmp)
+        else:
+            teacher, info = load_model_file(ws.model)
+            builder = VariantBuilder(params, ws, teacher, info, tmp, Path(scratch))
+            built = builder.build_all()  # scores the FP32 model too (builder.fp32)
+            thresholds = {"max_accuracy_drop_points": cfg.max_accuracy_drop, "max_f1_drop_points": cfg.max_f1_drop}
+            report = CompressReport(fp32=builder.fp32, variants=built, thresholds=thresholds)
         report.write(ws.compress_metrics)
+    variants = report.variants
     for name, v in variants.items():
         verdict = "ACCEPTED" if v.accepted else f"REJECTED: {v.reason}"
         if v.accuracy_drop_points is None:  # failed to build: nothing to score

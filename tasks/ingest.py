@@ -63,7 +63,7 @@ def ingest(cfg: IngestConfig, out_dir: Path = WORKSPACE.prepared, cache_path: Pa
 
     summary = {
         "modality": modality,
-        "samples": meta["n_samples"],
+        "texts" if modality == "text" else "images": meta["n_samples"],
         "classes": len(meta["classes"]),
         "split": {k: sum(v.values()) for k, v in meta["counts"].items()},
         "quarantined": reasons,

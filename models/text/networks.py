@@ -4,6 +4,8 @@ Exports to ONNX with dynamic batch and length axes (Gather, Mod, ReduceSum only)
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -16,17 +18,22 @@ class TextSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    architecture: str = "ngram_mlp"
+    architecture: Literal["ngram_mlp", "encoder"] = "ngram_mlp"
     vocab_size: int
     n_classes: int
-    embed_dim: int
-    hidden: int
-    ngrams: int
-    buckets: int
+    embed_dim: int  # the encoder's hidden size for an encoder
+    hidden: int  # 0 for an encoder: a linear head
+    ngrams: int = 1
+    buckets: int = 1024
     dropout: float
     pad_id: int = 0
+    encoder_config: dict[str, Any] | None = None  # a transformers config (architecture "encoder")
 
     def build(self) -> nn.Sequential:
+        if self.architecture == "encoder":
+            from models.text.encoder import EncoderBody
+
+            return nn.Sequential(EncoderBody(self.encoder_config or {}, self.pad_id), Head(self))
         return nn.Sequential(NgramBag(self), Head(self))
 
 

@@ -9,12 +9,10 @@ import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
 from torch import nn
 
-from lab2prod.core.records import CompressReport, VariantResult
-from lab2prod.core.settings import CompressConfig, EvaluateConfig
+from lab2prod.core.settings import EvaluateConfig
 from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
 from models.text.model_file import load_text_model
@@ -52,22 +50,3 @@ def score_texts(cfg: EvaluateConfig, model: Path, prepared: Path) -> tuple:
     baseline = tfidf_baseline(cfg, prepared)
     y_base = baseline.predict(texts) if baseline is not None else None
     return y_true, y_pred, y_base, info, "tfidf_logistic" if baseline is not None else "none"
-
-
-def text_compress_report(cfg: CompressConfig, model: Path, prepared: Path) -> CompressReport:
-    """metrics/compress.json for a text model: its FP32 figures; no variant is built for text models yet
-    (INT8 and distillation of text models are the next step of issue 24), each named with that reason."""
-    net, info = load_text_model(model)
-    texts, y_true = read_texts(prepared, "test")
-    y_pred = text_logits(net, TextEncoder(info.tokenizer, info.max_length), texts).argmax(1)
-    head = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    fp32 = VariantResult(
-        accuracy=float(accuracy_score(y_true, y_pred)),
-        f1_macro=float(f1_score(y_true, y_pred, average="macro")),
-        macs=sum(m.in_features * m.out_features for m in head),  # per text, besides its embedding look-ups
-        params=sum(p.numel() for p in net.parameters()),
-        file=None,
-        bytes=model.stat().st_size,
-    )
-    thresholds = {"max_accuracy_drop_points": cfg.max_accuracy_drop, "max_f1_drop_points": cfg.max_f1_drop}
-    return CompressReport(fp32=fp32, variants={}, thresholds=thresholds)

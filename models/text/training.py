@@ -5,25 +5,26 @@ augmentation. tasks/train.py runs it when the prepared data is text."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from lab2prod.core.errors import ConfigError
 from lab2prod.core.layout import Workspace
-from lab2prod.core.settings import Params
+from lab2prod.core.settings import Params, TrainConfig
 from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder, train_tokenizer
 from models.nets.model_file import Lineage
 from models.nets.weights import WeightsSource
+from models.text.encoder import load_pretrained
 from models.text.model_file import TextModelInfo
 from models.text.networks import TextSpec
 
 log = logging.getLogger("models.text.training")
-
-TEXT_TRAIN = {"channels_last": False, "compile": False}  # image-only train settings, off for a text network
 
 
 class LengthBatches:
@@ -83,27 +84,54 @@ class TextRun:
         self.params, cfg = params, params.text
         texts, self.train_labels = read_texts(ws.prepared, "train")
         val_texts, self.val_labels = read_texts(ws.prepared, "val")
-        self.tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.lowercase).to_str()
+        self.classes, self.pretrained = meta["classes"], None
+        if cfg.model == "encoder":  # its own tokenizer, weights and config
+            config, state, self.tokenizer, label, digest = load_pretrained(cfg.encoder)
+            self.pretrained = (state, WeightsSource("file", label, None, digest))
+        else:
+            self.tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.lowercase).to_str()
         self.encoder = TextEncoder(self.tokenizer, cfg.max_length)
         self.train_ids, self.val_ids = self.encoder.ids(texts), self.encoder.ids(val_texts)
-        self.classes = meta["classes"]
-        self.spec = TextSpec(
-            vocab_size=self.encoder.tokenizer.get_vocab_size(),
-            n_classes=len(self.classes),
-            embed_dim=cfg.embed_dim,
-            hidden=cfg.hidden,
-            ngrams=cfg.ngrams,
-            buckets=cfg.buckets,
-            dropout=cfg.dropout,
-            pad_id=self.encoder.pad_id,
-        )
+        common = {"vocab_size": self.encoder.tokenizer.get_vocab_size(), "n_classes": len(self.classes)}
+        common |= {"dropout": cfg.dropout, "pad_id": self.encoder.pad_id}
+        if cfg.model == "encoder":
+            self.spec = TextSpec(
+                architecture="encoder", embed_dim=config["hidden_size"], hidden=0, encoder_config=config, **common
+            )
+        else:
+            self.spec = TextSpec(
+                embed_dim=cfg.embed_dim, hidden=cfg.hidden, ngrams=cfg.ngrams, buckets=cfg.buckets, **common
+            )
         lengths = [len(i) for i in self.train_ids]
         log.info(
             "train: text model %s, vocabulary %d, %d training texts of %.0f tokens on average (longest %d, cut at %d)",
             cfg.model, self.spec.vocab_size, len(texts), np.mean(lengths), max(lengths), cfg.max_length,
         )  # fmt: skip
 
+    def network(self) -> nn.Module:
+        """The network to train: random weights (the MLP), or the pretrained encoder's with a fresh head."""
+        net = self.spec.build()
+        if self.pretrained is not None:
+            net[0].encoder.load_state_dict(self.pretrained[0])
+        return net
+
+    def train_settings(self) -> TrainConfig:
+        """The train settings as this network trains: image-only ones off; an encoder at text.encoder_lr (its
+        head at train.lr) for at most text.encoder_epochs under epochs auto."""
+        cfg, text = self.params.train, self.params.text
+        update: dict[str, Any] = {"channels_last": False, "compile": False}
+        if text.model == "encoder":
+            most = min(cfg.max_epochs, text.encoder_epochs)
+            update |= {
+                "backbone_lr_scale": text.encoder_lr / cfg.lr,
+                "max_epochs": most,
+                "min_epochs": min(cfg.min_epochs, most),
+            }
+        return cfg.model_copy(update=update)
+
     def weights(self) -> WeightsSource:
+        if self.pretrained is not None:
+            return self.pretrained[1]
         if self.params.train.pretrained != "none":
             raise ConfigError(
                 f"train.pretrained = {self.params.train.pretrained!r}: the text MLP starts from random weights; "

@@ -1,0 +1,87 @@
+"""Compressing a text model: ONNX Runtime dynamic INT8 of its FP32 ONNX file (graph optimised first: shape
+inference and ORT's fusions, then INT8 weights with activations quantized per batch), scored on the test split
+and judged like the image variants (models/compress/compression.py `judge`). Static INT8 and distillation of
+text models are not built yet: the report says so.
+
+Dynamic, not static, for text: static quantization of a transformer encoder calibrates LayerNorm, GELU and
+residual activations to 8 bits and loses much of its accuracy unless those nodes are excluded."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+
+from lab2prod.core.records import CompressReport, VariantResult
+from lab2prod.core.settings import Params
+from lab2prod.data.text import read_texts
+from lab2prod.data.tokens import TextEncoder
+from models.compress.compression import judge
+from models.text.export import onnx_text_logits, to_text_onnx
+from models.text.model_file import load_text_model
+from models.text.scoring import text_logits
+
+log = logging.getLogger("models.text.compress")
+
+
+def _linear_macs(net: nn.Module) -> int:
+    """Multiply-accumulates of the linear layers for one token (an encoder) or one text (the MLP's head)."""
+    return sum(m.in_features * m.out_features for m in net.modules() if isinstance(m, nn.Linear))
+
+
+def quantize_dynamic_int8(fp32_onnx: Path, out: Path, per_channel: bool) -> None:
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    prepared = out.with_name("int8_preprocessed.onnx")
+    quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+    prepared.unlink(missing_ok=True)
+
+
+def compress_text(params: Params, model: Path, prepared: Path, out_dir: Path) -> CompressReport:
+    """metrics/compress.json's record for a text model; the accepted INT8 file in `out_dir/int8.onnx`."""
+    cfg = params.compress
+    net, info = load_text_model(model)
+    texts, y_true = read_texts(prepared, "test")
+    encoder = TextEncoder(info.tokenizer, info.max_length)
+    y_fp32 = text_logits(net, encoder, texts).argmax(1)
+    fp32 = VariantResult(
+        accuracy=float(accuracy_score(y_true, y_fp32)),
+        f1_macro=float(f1_score(y_true, y_fp32, average="macro")),
+        macs=_linear_macs(net),
+        params=sum(p.numel() for p in net.parameters()),
+        file=None,
+        bytes=model.stat().st_size,
+    )
+    variants: dict[str, VariantResult] = {}
+    if cfg.int8.enabled:
+        if cfg.int8.mode == "static":
+            log.info("compress: text model: INT8 is dynamic (static is not built for text models)")
+        target = out_dir / "int8.onnx"
+        with tempfile.TemporaryDirectory() as scratch:
+            fp32_onnx = Path(scratch) / "fp32.onnx"
+            to_text_onnx(net, fp32_onnx, params.export.opset)
+            quantize_dynamic_int8(fp32_onnx, target, cfg.int8.per_channel)
+            fp32_bytes = fp32_onnx.stat().st_size
+            y_onnx = onnx_text_logits(fp32_onnx, encoder, texts).argmax(1)
+        y_int8 = onnx_text_logits(target, encoder, texts).argmax(1)
+        int8 = VariantResult(
+            accuracy=float(accuracy_score(y_true, y_int8)),
+            f1_macro=float(f1_score(y_true, y_int8, average="macro")),
+            macs=fp32.macs,
+            params=fp32.params,
+            file=target.name,
+            bytes=target.stat().st_size,
+            fp32_onnx_bytes=fp32_bytes,
+            top1_agreement_with_fp32=float(np.mean(y_int8 == y_onnx)),
+        )
+        variants["int8"] = judge(int8, fp32, cfg)
+        if not variants["int8"].accepted:
+            target.unlink()
+            variants["int8"] = variants["int8"].model_copy(update={"file": None})
+    thresholds = {"max_accuracy_drop_points": cfg.max_accuracy_drop, "max_f1_drop_points": cfg.max_f1_drop}
+    return CompressReport(fp32=fp32, variants=variants, thresholds=thresholds)
