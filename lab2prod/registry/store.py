@@ -63,12 +63,15 @@ def location(project: Path, registry_dir: str) -> str:
     return resolve(registry_dir, project)
 
 
-def versions(registry: Path | str) -> list[str]:
-    store = Store(registry)
-    return sorted(p.rstrip("/").split("/")[-2] for p in store.fs.glob(store.path("versions", "*", "manifest.json")))
-
-
 VERSION_NAME = re.compile(r"v\d{4,}")
+
+
+def versions(registry: Path | str) -> list[str]:
+    """Complete versions: a staging folder of a registration still in progress (or killed), `.v0007.<tmp>`, is
+    not one even once its manifest is written inside it."""
+    store = Store(registry)
+    found = (p.rstrip("/").split("/")[-2] for p in store.fs.glob(store.path("versions", "*", "manifest.json")))
+    return sorted(name for name in found if VERSION_NAME.fullmatch(name))
 
 
 def manifest(registry: Path | str, version: str) -> dict[str, Any]:
