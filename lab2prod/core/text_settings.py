@@ -28,4 +28,7 @@ class TextConfig(Section):
     embed_dim: Annotated[int, Field(ge=8, le=1024)] = 64
     hidden: Annotated[int, Field(ge=0, le=8192)] = 256  # the MLP's hidden layer (0: a linear head on the bag)
     dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.3
+    # a text model's INT8 file must agree with FP32's top-1 on this share of the test split (images: compress.int8's
+    # min_top1_agreement); its accuracy drop is held to compress.max_accuracy_drop as for every variant
+    int8_min_top1_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
     token_dropout: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # share of tokens masked per training text

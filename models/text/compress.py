@@ -79,7 +79,10 @@ def compress_text(params: Params, model: Path, prepared: Path, out_dir: Path) ->
             fp32_onnx_bytes=fp32_bytes,
             top1_agreement_with_fp32=float(np.mean(y_int8 == y_onnx)),
         )
-        variants["int8"] = judge(int8, fp32, cfg)
+        agreement = params.text.int8_min_top1_agreement  # text's own bar, in the place of the images' one
+        variants["int8"] = judge(
+            int8, fp32, cfg.model_copy(update={"int8": cfg.int8.model_copy(update={"min_top1_agreement": agreement})})
+        )
         if not variants["int8"].accepted:
             target.unlink()
             variants["int8"] = variants["int8"].model_copy(update={"file": None})

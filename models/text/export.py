@@ -141,8 +141,8 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
             add_text_metadata(target, info, "int8")
             onnx.checker.check_model(str(target), full_check=True)
             agree = float((onnx_text_logits(target, encoder, texts).argmax(1) == onnx_logits.argmax(1)).mean())
-            if agree < params.compress.int8.min_top1_agreement:
-                rejected["int8"] = f"export: top-1 agreement with FP32 {agree:.4f} < compress.int8.min_top1_agreement"
+            if agree < params.text.int8_min_top1_agreement:
+                rejected["int8"] = f"export: top-1 agreement with FP32 {agree:.4f} < text.int8_min_top1_agreement"
                 target.unlink()
             else:
                 records["int8"] = {"file": target.name, "test_top1_agreement_with_fp32": agree}
