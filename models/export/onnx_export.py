@@ -18,7 +18,7 @@ import torch
 from lab2prod.core.errors import ParityError
 from lab2prod.serve.runtime import INPUT, OUTPUT, logits
 from models.nets.inputs import to_model_input
-from models.nets.model_file import ModelInfo
+from models.nets.model_file import Lineage, ModelInfo
 
 # The exporter's optimiser passes log every rewrite at INFO; keep the stages' own lines readable.
 for _noisy in ("onnx_ir", "onnxscript"):
@@ -48,18 +48,21 @@ def to_onnx(net: torch.nn.Module, image_shape: list[int], path: Path, opset: int
 def add_metadata(path: Path, info: ModelInfo, variant: str, resize: str = "stretch") -> None:
     """Classes, input layout, how images are resized (ingest.resize), normalisation note, variant and lineage
     as ONNX metadata_props: what predict and serve need to decode an image exactly as ingest did."""
-    model = onnx.load(str(path))
     props = {
         "classes": json.dumps(info.classes),
         "image_shape_hwc": json.dumps(info.image_shape),
         "input": info.input,
         "resize": resize,
         "variant": variant,
-        **{k: str(v) for k, v in info.lineage.model_dump().items()},
-        "producer": "lab2prod",
     }
+    write_metadata(path, props, info.lineage)
+
+
+def write_metadata(path: Path, props: dict[str, str], lineage: Lineage) -> None:
+    """Replace an ONNX file's metadata_props with `props`, the lineage's fields and producer=lab2prod."""
+    model = onnx.load(str(path))
     del model.metadata_props[:]
-    for key, value in props.items():
+    for key, value in {**props, **{k: str(v) for k, v in lineage.model_dump().items()}, "producer": "lab2prod"}.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
 

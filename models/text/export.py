@@ -24,6 +24,7 @@ from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
 from lab2prod.serve.runtime import OUTPUT, session
 from models.export.machine import cpu_features
+from models.export.onnx_export import write_metadata
 from models.export.speed import measure, onnx_runner, torch_runner
 from models.text.model_file import TextModelInfo, load_text_model
 from models.text.scoring import text_logits
@@ -53,7 +54,6 @@ def to_text_onnx(net: torch.nn.Module, path: Path, opset: int) -> None:
 
 def add_text_metadata(path: Path, info: TextModelInfo, variant: str) -> None:
     """What predict and serve need to read a text as training did: classes, the tokenizer, the length cut."""
-    model = onnx.load(str(path))
     props = {
         "modality": "text",
         "classes": json.dumps(info.classes),
@@ -62,13 +62,8 @@ def add_text_metadata(path: Path, info: TextModelInfo, variant: str) -> None:
         "max_length": str(info.max_length),
         "input": info.input,
         "variant": variant,
-        **{k: str(v) for k, v in info.lineage.model_dump().items()},
-        "producer": "lab2prod",
     }
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
+    write_metadata(path, props, info.lineage)
 
 
 def text_parity(net: torch.nn.Module, path: Path, ids: np.ndarray, params: Params) -> dict[str, float]:
