@@ -107,8 +107,9 @@ class CalibrationReader:
         return next(self.batches, None)
 
 
-def quantize_int8(fp32_onnx: Path, out: Path, calibration: torch.Tensor, cfg: Int8Config) -> None:
-    """INT8 with ONNX Runtime: static QDQ (per-channel weights, calibrated activations) or dynamic."""
+def quantize_int8(fp32_onnx: Path, out: Path, calibration: torch.Tensor | None, cfg: Int8Config) -> None:
+    """INT8 with ONNX Runtime: static QDQ (per-channel weights, calibrated activations) or dynamic (no
+    calibration: text models' INT8, models/text/compress.py)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
     prepared = out.with_name("int8_preprocessed.onnx")

@@ -1,7 +1,7 @@
 """Compressing a text model: ONNX Runtime dynamic INT8 of its FP32 ONNX file (graph optimised first: shape
 inference and ORT's fusions, then INT8 weights with activations quantized per batch), scored on the test split
 and judged like the image variants (models/compress/compression.py `judge`). Static INT8 and distillation of
-text models are not built yet: the report says so.
+text models are not built yet (a log line says so when int8.mode is static).
 
 Dynamic, not static, for text: static quantization of a transformer encoder calibrates LayerNorm, GELU and
 residual activations to 8 bits and loses much of its accuracy unless those nodes are excluded."""
@@ -20,7 +20,7 @@ from lab2prod.core.records import CompressReport, VariantResult
 from lab2prod.core.settings import Params
 from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
-from models.compress.compression import judge
+from models.compress.compression import judge, quantize_int8
 from models.text.export import onnx_text_logits, to_text_onnx
 from models.text.model_file import load_text_model
 from models.text.scoring import text_logits
@@ -31,15 +31,6 @@ log = logging.getLogger("models.text.compress")
 def _linear_macs(net: nn.Module) -> int:
     """Multiply-accumulates of the linear layers for one token (an encoder) or one text (the MLP's head)."""
     return sum(m.in_features * m.out_features for m in net.modules() if isinstance(m, nn.Linear))
-
-
-def quantize_dynamic_int8(fp32_onnx: Path, out: Path, per_channel: bool) -> None:
-    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
-
-    prepared = out.with_name("int8_preprocessed.onnx")
-    quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
-    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
-    prepared.unlink(missing_ok=True)
 
 
 def compress_text(params: Params, model: Path, prepared: Path, out_dir: Path) -> CompressReport:
@@ -65,7 +56,7 @@ def compress_text(params: Params, model: Path, prepared: Path, out_dir: Path) ->
         with tempfile.TemporaryDirectory() as scratch:
             fp32_onnx = Path(scratch) / "fp32.onnx"
             to_text_onnx(net, fp32_onnx, params.export.opset)
-            quantize_dynamic_int8(fp32_onnx, target, cfg.int8.per_channel)
+            quantize_int8(fp32_onnx, target, None, cfg.int8.model_copy(update={"mode": "dynamic"}))
             fp32_bytes = fp32_onnx.stat().st_size
             y_onnx = onnx_text_logits(fp32_onnx, encoder, texts).argmax(1)
         y_int8 = onnx_text_logits(target, encoder, texts).argmax(1)
