@@ -5,11 +5,20 @@ Every test runs on the CPU with tiny settings (few epochs, narrow nets, 8x8 imag
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -137,3 +146,76 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "export_metrics": ws.export_metrics,
         "benchmark": ws.benchmark,
     }
+
+
+TEXT_TINY = {
+    **TINY,
+    "ingest": {"extra_sources": [], "min_images_per_class": 3},
+    "train": {"epochs": 12, "batch_size": 16, "lr": 0.01, "accelerator": "cpu"},
+    "text": {"vocab_size": 500, "embed_dim": 16, "hidden": 16, "buckets": 4096},
+    "export": {**TINY["export"], "benchmark_seconds": 1},
+}
+
+
+def text_params(source: Path, **ingest: Any) -> Params:
+    raw = json.loads(json.dumps(TEXT_TINY))
+    raw["ingest"] |= {"source": str(source), **ingest}
+    return validate_params(raw)
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every stage once on a three-class text folder (40 texts a class, tests/text_corpus.py), in a temp
+    workspace: the one text model the text, serving-loop and install tests share."""
+    from tasks.augment import augment
+    from tasks.compress import compress
+    from tasks.evaluate import evaluate
+    from tasks.export import export
+    from tasks.ingest import ingest
+    from tasks.train import train
+    from tests.text_corpus import stdlib_texts, write_text_folder
+
+    d = tmp_path_factory.mktemp("text_run")
+    params = text_params(write_text_folder(d / "src", stdlib_texts(40)))
+    ws = Workspace.under(d)
+    ingest(params.ingest, ws.prepared)
+    augment(params.augment, ws)
+    summary = train(params, ws)
+    metrics = evaluate(params.evaluate, ws)
+    compress(params, ws)
+    export(params, ws)
+    onnx = ws.exported / "model.onnx"
+    return {"ws": ws, "train": summary, "metrics": metrics, "params": params, "onnx": onnx, "source": d / "src"}
+
+
+@contextlib.contextmanager
+def serving(
+    model: Path, work: Path, sets: dict[str, Any], python: str = sys.executable, env: dict[str, str] | None = None
+) -> Iterator[httpx.Client]:
+    """`lab2prod serve --model MODEL` as a real process on a free loopback port (run by `python`, with `-S
+    serve.KEY=VALUE` for each of `sets`), ready; a client of it. Stopped on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [python, "-m", "lab2prod.cli.main", "serve", "--model", str(model), "--port", str(port)]
+    cmd += [a for k, v in sets.items() for a in ("-S", f"serve.{k}={v}")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    log = (work / "server.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.time() + 90
+            while True:
+                assert proc.poll() is None, (work / "server.log").read_text()
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.time() < deadline, "the server did not get ready: " + (work / "server.log").read_text()
+                time.sleep(0.2)
+            yield client
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,22 +16,8 @@ from lab2prod.core.errors import DataError
 from lab2prod.core.layout import Workspace
 from lab2prod.core.settings import validate_params
 from lab2prod.data.text import read_texts
-from tests.conftest import TINY
+from tests.conftest import text_params
 from tests.text_corpus import stdlib_texts, write_text_folder
-
-TEXT_TINY = {
-    **TINY,
-    "ingest": {"extra_sources": [], "min_images_per_class": 3},
-    "train": {"epochs": 12, "batch_size": 16, "lr": 0.01, "accelerator": "cpu"},
-    "text": {"vocab_size": 500, "embed_dim": 16, "hidden": 16, "buckets": 4096},
-    "export": {**TINY["export"], "benchmark_seconds": 1},
-}
-
-
-def text_params(source: Path, **ingest: Any):
-    raw = json.loads(json.dumps(TEXT_TINY))
-    raw["ingest"] |= {"source": str(source), **ingest}
-    return validate_params(raw)
 
 
 @pytest.fixture(scope="module")
@@ -105,28 +90,6 @@ def test_a_table_gives_the_same_data_as_the_folder_and_a_missing_column_is_named
     with pytest.raises(DataError, match=r"no column 'body' \(ingest.text_column\).*\['label', 'text'\]"):
         ingest(text_params(jsonl, text_column="body").ingest, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, corpus) -> dict[str, Any]:
-    """Every stage once on a three-class text folder, in a temp workspace."""
-    from tasks.augment import augment
-    from tasks.compress import compress
-    from tasks.evaluate import evaluate
-    from tasks.export import export
-    from tasks.ingest import ingest
-    from tasks.train import train
-
-    d = tmp_path_factory.mktemp("text_run")
-    params = text_params(write_text_folder(d / "src", corpus))
-    ws = Workspace.under(d)
-    ingest(params.ingest, ws.prepared)
-    augment(params.augment, ws)
-    summary = train(params, ws)
-    metrics = evaluate(params.evaluate, ws)
-    compress(params, ws)
-    export(params, ws)
-    return {"ws": ws, "train": summary, "metrics": metrics}
 
 
 def test_the_exported_text_model_scores_what_evaluate_reported_and_beats_chance(text_run) -> None:
