@@ -24,6 +24,7 @@ from lab2prod.core.files import read_json, write_json
 from lab2prod.core.settings import Params
 from lab2prod.core.storage import is_remote, resolve
 from lab2prod.data.images import IMAGE_SUFFIXES
+from lab2prod.data.text import TEXT_SUFFIXES
 from lab2prod.monitor import drift
 from lab2prod.registry.store import champion, local_copy, location, manifest
 from lab2prod.serve.prediction_log import read_log
@@ -44,13 +45,14 @@ def champion_reference(registry: str, version: str) -> dict[str, Any] | None:
 
 
 def new_feedback(inbox: str, since: dt.datetime | None) -> int:
-    """Image files in the feedback inbox added after `since` (all of them when None)."""
+    """Image and text files in the feedback inbox added after `since` (all of them when None)."""
     fs, root = fsspec.core.url_to_fs(inbox)
     if not fs.exists(root):
         return 0
     count = 0
     for path, info in fs.find(root, detail=True).items():
-        if Path(path).suffix.lower() not in IMAGE_SUFFIXES or Path(path).name.startswith("."):
+        suffix = Path(path).suffix.lower()
+        if (suffix not in IMAGE_SUFFIXES and suffix not in TEXT_SUFFIXES) or Path(path).name.startswith("."):
             continue
         modified = info.get("mtime") or info.get("LastModified") or info.get("created")
         if since is None or modified is None:

@@ -1,7 +1,8 @@
 """`lab2prod serve`: the champion (or one ONNX file) over HTTP, micro-batched, hot-reloaded, logged.
 
     POST /predict     images (multipart files, or one image as the raw body) -> top-k classes, model version
-    POST /feedback    an image and its true label -> the feedback inbox the next retraining run ingests
+    POST /feedback    an image (or a text model's JSON {"text", "label"}) and its true label -> the feedback
+                      inbox the next retraining run ingests
     GET  /healthz     the process answers;  GET /readyz: a model is loaded;  GET /model: what is served
     GET  /metrics     Prometheus text: requests by endpoint and status, latency, batch sizes, model, reloads
     GET  /docs        OpenAPI documentation
@@ -45,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lab2prod.core.errors import ConfigError, DataError
 from lab2prod.core.settings import ServeConfig
 from lab2prod.core.storage import is_remote
-from lab2prod.data.feedback import add_feedback
+from lab2prod.data.feedback import Stored, add_feedback, add_text_feedback
 from lab2prod.data.images import BadImage
 from lab2prod.serve.auth import TOKEN_ENV, WriteAuth, load_token
 from lab2prod.serve.batch import Busy, MicroBatcher
@@ -118,7 +119,8 @@ def create_app(
 
     @app.post("/feedback", status_code=201, openapi_extra=FEEDBACK_BODY)
     async def feedback(request: Request) -> JSONResponse:
-        """A labelled correction: `image` (file) and `label` (one of the model's classes) as multipart form fields."""
+        """A labelled correction: `image` (file) and `label` (one of the model's classes) as multipart form fields;
+        for a text model JSON {"text": "...", "label": "..."}."""
         model = holder.current
         if model is None:  # a label can only be checked against the classes of a model being served
             raise HTTPException(
@@ -127,6 +129,11 @@ def create_app(
                 "/readyz answers 200",
                 headers={"Retry-After": str(max(1, round(cfg.reload_interval_s)))},
             )
+        if model.classifier.modality == "text":
+            stored = await _text_feedback(request, model.classifier.classes, server.feedback_dir)
+            metrics.feedback.inc()
+            log.info("feedback: a text labelled %r -> %s", stored.label, stored.path)
+            return JSONResponse(dataclasses.asdict(stored), status_code=201 if stored.new else 200)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(
                 415, "send a multipart form with an `image` file and a `label` field, e.g. -F image=@x.png -F label=7"
@@ -202,6 +209,28 @@ def create_app(
     _document_predict(app)
     predict = PredictHandler(server, prediction_log)
     return Guard(app, predict, int(cfg.max_body_mb * 2**20), metrics, cfg.body_timeout_s, auth)
+
+
+TEXT_FEEDBACK = 'this model classifies texts: send JSON {"text": "the text", "label": "its class"}'
+
+
+async def _text_feedback(request: Request, classes: list[str], inbox: str) -> Stored:
+    """A text model's labelled correction (JSON {"text", "label"}) into the inbox; 415/422 saying what is wrong."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise HTTPException(415, f"{TEXT_FEEDBACK} with Content-Type: application/json")
+    try:
+        body = json.loads(await request.body())
+    except ValueError:  # not JSON, or not UTF-8
+        body = None
+    if not isinstance(body, dict):
+        raise HTTPException(422, f"the body is not a JSON object; {TEXT_FEEDBACK}")
+    wrong = [k for k in ("text", "label") if not isinstance(body.get(k), str)]
+    if wrong:
+        raise HTTPException(422, f"missing or not a string: {', '.join(wrong)}; {TEXT_FEEDBACK}")
+    try:  # a remote inbox is a network write: off the event loop
+        return await run_in_threadpool(add_text_feedback, inbox, body["text"], body["label"], classes)
+    except DataError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 def app_from_environment() -> Any:

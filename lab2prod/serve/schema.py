@@ -48,7 +48,14 @@ FEEDBACK_BODY = {
                     "required": ["image", "label"],
                     "properties": {"image": {"type": "string", "format": "binary"}, "label": {"type": "string"}},
                 }
-            }
+            },
+            "application/json": {  # a text model's
+                "schema": {
+                    "type": "object",
+                    "required": ["text", "label"],
+                    "properties": {"text": {"type": "string"}, "label": {"type": "string"}},
+                }
+            },
         },
     }
 }
