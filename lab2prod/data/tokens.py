@@ -10,6 +10,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 PAD, UNK = "[PAD]", "[UNK]"
+PAD_WASTE = 0.25  # the share of padding a length group may add to its real tokens (length_groups)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
@@ -52,3 +53,27 @@ class TextEncoder:
         """The share of tokens that are [UNK] (the drift monitor's out-of-vocabulary rate)."""
         total = sum(len(i) for i in ids)
         return sum(t == self.unk_id for i in ids for t in i) / total if total else 0.0
+
+    def token_stats(self, ids: list[list[int]]) -> list[dict[str, float]]:
+        """Per text: its token count (after the cut at max_length) and its share of [UNK] tokens, what the
+        prediction log records and the drift reference holds (lab2prod/monitor/drift.py)."""
+        return [{"tokens": len(i), "unknown_rate": round(self.unknown_rate([i]), 6)} for i in ids]
+
+
+def length_groups(lengths: list[int], max_waste: float = PAD_WASTE) -> list[np.ndarray]:
+    """Indices of texts cut into groups of similar token length, each padded to its own longest: in order of
+    length, a group takes the next text while its padded cells (texts x longest) stay within (1 + max_waste)
+    times its real tokens, so no group (and no batch) pads more than that share (a text counts at least one
+    token: an empty one is padded to one)."""
+    order = np.argsort(np.maximum(1, np.asarray(lengths, dtype=np.int64)), kind="stable")
+    groups: list[list[int]] = []
+    real = 0
+    for i in order.tolist():
+        n = max(1, lengths[i])
+        if groups and (len(groups[-1]) + 1) * n <= (1 + max_waste) * (real + n):
+            groups[-1].append(i)
+            real += n
+        else:
+            groups.append([i])
+            real = n
+    return [np.asarray(g, dtype=np.int64) for g in groups]

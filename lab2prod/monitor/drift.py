@@ -6,19 +6,28 @@ pixel std (of the decoded model input, in [0, 1]), and the predicted-class mix. 
 logged predictions against it with the population stability index (PSI, quantile bins of the reference)
 and the two-sample Kolmogorov-Smirnov test (scipy); a feature drifts when its PSI passes the threshold
 (0.1 = some change, 0.2 = significant, the usual reading), and only when enough predictions were seen.
+
+A text model's reference (`"modality": "text"`) holds, per test text, the top-1 confidence, the token count
+(after the cut at the model's max_length) and the share of [UNK] tokens (out-of-vocabulary rate), and the
+predicted-class mix; its prediction log lines record the same (lab2prod/serve/prediction_log.py), and the
+same PSI and KS statistics score them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lab2prod.core.files import atomic_file
 
-FEATURES = ("confidence", "mean", "std")
+if TYPE_CHECKING:
+    from lab2prod.data.tokens import TextEncoder
+
+FEATURES = ("confidence", "mean", "std")  # an image model's
+TEXT_FEATURES = ("confidence", "tokens", "unknown_rate")  # a text model's
 REFERENCE_FILE = "reference.json"
 MAX_REFERENCE = 5000  # per-image values kept in a reference (a random sample above that)
 EPS = 1e-4
@@ -56,6 +65,30 @@ def reference(images: np.ndarray, probs: np.ndarray, classes: list[str], seed: i
     }
 
 
+def text_reference(
+    texts: list[str], probs: np.ndarray, encoder: TextEncoder, classes: list[str], seed: int = 0
+) -> dict[str, Any]:
+    """A text model's reference: its features on its test split's texts (at most MAX_REFERENCE, sampled) and
+    its class probabilities for them; tokenized by `encoder` exactly as serving tokenizes."""
+    keep = reference_rows(len(texts), seed)
+    texts, probs = [texts[i] for i in keep], probs[keep]
+    stats = encoder.token_stats(encoder.ids(texts))
+    top1 = [classes[int(k)] for k in probs.argmax(axis=1)]
+    return {
+        "modality": "text",
+        "n": len(texts),
+        "classes": classes,
+        "confidence": probs.max(axis=1).round(6).tolist(),
+        **{f: [s[f] for s in stats] for f in ("tokens", "unknown_rate")},
+        "class_mix": {c: n / len(texts) for c, n in sorted(Counter(top1).items())},
+    }
+
+
+def features_of(ref: dict[str, Any]) -> tuple[str, ...]:
+    """The per-sample features a reference holds: a text model's or an image model's."""
+    return TEXT_FEATURES if ref.get("modality") == "text" else FEATURES
+
+
 def psi(ref: np.ndarray, live: np.ndarray, bins: int = 10) -> float:
     """Population stability index of `live` against `ref`, on the reference's quantile bins."""
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
@@ -81,6 +114,8 @@ def compare(ref: dict[str, Any], rows: list[dict[str, Any]], psi_threshold: floa
     """Drift of logged predictions `rows` against a reference: per feature PSI, KS statistic and p-value."""
     from scipy.stats import ks_2samp
 
+    features = features_of(ref)
+    rows = [row for row in rows if all(f in row for f in features)]  # lines from before a feature was logged: out
     report: dict[str, Any] = {
         "n_reference": ref["n"],
         "n_live": len(rows),
@@ -88,10 +123,14 @@ def compare(ref: dict[str, Any], rows: list[dict[str, Any]], psi_threshold: floa
         "min_predictions": min_predictions,
         "features": {},
     }
+    if not all(isinstance(ref.get(f), list) for f in features):
+        why = f"{REFERENCE_FILE} lacks per-sample {', '.join(features)} (written before lab2prod monitored them)"
+        report.update(drift=False, enough=False, drifted=[], why=why + ": register a new version to monitor it")
+        return report
     if len(rows) < min_predictions:
         report.update(drift=False, enough=False, drifted=[], why=f"{len(rows)} predictions < min_predictions")
         return report
-    for f in FEATURES:
+    for f in features:
         r, lv = np.asarray(ref[f], dtype=float), np.asarray([row[f] for row in rows], dtype=float)
         ks = ks_2samp(r, lv)
         report["features"][f] = {
@@ -120,10 +159,13 @@ def plot(ref: dict[str, Any], rows: list[dict[str, Any]], report: dict[str, Any]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(FEATURES) + 1, figsize=(4.2 * (len(FEATURES) + 1), 3.4))
-    for ax, f in zip(axes, FEATURES, strict=False):
+    features = features_of(ref)
+    if not all(isinstance(ref.get(f), list) for f in features):
+        return  # a reference from before these features: compare said so, nothing to draw
+    fig, axes = plt.subplots(1, len(features) + 1, figsize=(4.2 * (len(features) + 1), 3.4))
+    for ax, f in zip(axes, features, strict=False):
         r = np.asarray(ref[f], dtype=float)
-        lv = np.asarray([row[f] for row in rows], dtype=float)
+        lv = np.asarray([row[f] for row in rows if f in row], dtype=float)
         lo, hi = float(min(r.min(), lv.min(initial=r.min()))), float(max(r.max(), lv.max(initial=r.max())))
         bins = np.linspace(lo, hi if hi > lo else lo + 1e-3, 30)
         ax.hist(r, bins, density=True, alpha=0.5, label=f"reference (n={len(r)})")
@@ -143,7 +185,8 @@ def plot(ref: dict[str, Any], rows: list[dict[str, Any]], report: dict[str, Any]
     ax.set_title("predicted classes" + (f"  PSI {mix['psi']:.3f}" if mix else ""))
     ax.legend(fontsize=7)
     verdict = "DRIFT: " + ", ".join(report.get("drifted", [])) if report.get("drift") else "no drift"
-    fig.suptitle(f"{verdict}  ({report['n_live']} predictions vs {report['n_reference']} test images)")
+    kind = "texts" if ref.get("modality") == "text" else "images"
+    fig.suptitle(f"{verdict}  ({report['n_live']} predictions vs {report['n_reference']} test {kind})")
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

@@ -1,4 +1,9 @@
-"""Dynamic micro-batching: images from concurrent requests share one model call."""
+"""Dynamic micro-batching: images (or texts) from concurrent requests share one model call.
+
+Texts are tokenized once for the whole merged batch, then cut into groups of similar token length
+(lab2prod/data/tokens.py `length_groups`), each padded to its own longest text and run as one call: a few
+long texts do not make every short one in the batch pay for their length. `MicroBatcher.text_calls` keeps the
+shape (texts, padded length) and the real tokens of the recent text calls."""
 
 from __future__ import annotations
 
@@ -6,10 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from lab2prod.data.tokens import length_groups
 from lab2prod.serve.metrics import Metrics
 from lab2prod.serve.model import ServedModel
 from lab2prod.serve.prediction_log import PredictionLog
@@ -24,7 +31,7 @@ class Busy(Exception):
 @dataclasses.dataclass
 class Job:
     model: ServedModel
-    images: np.ndarray  # uint8 NHWC
+    images: np.ndarray  # uint8 NHWC, or a text model's texts (dtype object)
     fingerprints: list[str]
     files: list[tuple[bytes, str]] | None
     future: asyncio.Future
@@ -49,6 +56,7 @@ class MicroBatcher:
         self.pending = 0  # images submitted and not answered yet
         self.arriving = 0  # requests being read or decoded: their images will be submitted soon
         self.submitted = asyncio.Event()
+        self.text_calls: deque[tuple[int, int, int]] = deque(maxlen=1024)  # (texts, padded length, real tokens)
 
     async def submit(
         self, model: ServedModel, images: np.ndarray, fingerprints: list[str], files: list[tuple[bytes, str]] | None
@@ -117,7 +125,11 @@ class MicroBatcher:
 
     def _infer(self, model: ServedModel, group: list[Job]) -> np.ndarray:
         x = group[0].images if len(group) == 1 else np.concatenate([j.images for j in group])
-        probs = model.classifier.predict(x)
+        text_stats = None
+        if model.classifier.encoder is not None:
+            probs, text_stats = self._infer_texts(model, x)
+        else:
+            probs = model.classifier.predict(x)
         self.metrics.batch.observe(len(x))
         self.metrics.images.inc(len(x))
         if self.prediction_log is not None and self.prediction_log.enabled:
@@ -134,8 +146,25 @@ class MicroBatcher:
                     [f for j in group for f in j.fingerprints],
                     files,
                     self.log_top_k,
+                    text_stats,
                 )
                 self.metrics.logged.inc(logged)
             except OSError as exc:  # a full disk must not fail predictions
                 log.warning("prediction log: cannot write (%s); predictions go on unlogged", exc)
         return probs
+
+    def _infer_texts(self, model: ServedModel, texts: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:
+        """Texts tokenized once, run per length group; probabilities in the texts' order, and their token stats."""
+        encoder = model.classifier.encoder
+        assert encoder is not None
+        ids = encoder.ids([str(t) for t in texts])
+        probs: np.ndarray | None = None
+        for rows in length_groups([len(i) for i in ids]):
+            padded = encoder.pad([ids[i] for i in rows])
+            out = model.classifier.predict_tokens(padded)
+            if probs is None:
+                probs = np.empty((len(ids), out.shape[1]), dtype=out.dtype)
+            probs[rows] = out
+            self.text_calls.append((len(rows), int(padded.shape[1]), sum(len(ids[i]) for i in rows)))
+        assert probs is not None
+        return probs, encoder.token_stats(ids)

@@ -98,12 +98,19 @@ class Classifier:
     def predict(self, images: np.ndarray | list[str]) -> np.ndarray:
         """Class probabilities for uint8 NHWC images (an image model) or for texts (a text model)."""
         if self.encoder is not None:
-            z = logits(self.session, self.encoder(list(images)))
-        else:
-            x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-            z = logits(self.session, x)
-        exp = np.exp(z - z.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+            return self.predict_tokens(self.encoder(list(images)))
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        return softmax(logits(self.session, x))
+
+    def predict_tokens(self, ids: np.ndarray) -> np.ndarray:
+        """Class probabilities of a text model for token ids already padded (int64, batch x length): what
+        the server's batcher calls per length group."""
+        return softmax(logits(self.session, ids))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    exp = np.exp(z - z.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def image_files(paths: list[str], suffixes: tuple[str, ...] | frozenset[str] = IMAGE_SUFFIXES) -> list[str]:

@@ -4,6 +4,8 @@ One line per logged image:
     {"time", "model_version", "model_sha256", "top1", "confidence", "probabilities" (top-k),
      "fingerprint" (sha256 of the file's bytes, 16 hex), "mean", "std" (pixel statistics of the decoded
      image in [0, 1]), "height", "width" (the decoded input), "image" (kept file, when serve.log_images)}
+A text model's lines have, instead of the pixel statistics, "chars", "words", and "tokens" and "unknown_rate"
+(token count and share of [UNK] tokens, as the model saw the text): the features of its drift reference.
 
 Files are `predictions-<UTC time>-<host>-<pid>.jsonl` under `serve.log_dir`, a local directory (each server
 process writes its own, so replicas can share one mounted volume);
@@ -66,8 +68,10 @@ class PredictionLog:
         fingerprints: list[str],
         files: list[tuple[bytes, str]] | None = None,
         top_k: int = 3,
+        text_stats: list[dict[str, float]] | None = None,
     ) -> int:
-        """Log a sample of one batch's images (uint8 NHWC, their probabilities); returns how many were logged."""
+        """Log a sample of one batch's images (uint8 NHWC, their probabilities), or texts (an object array, with
+        each text's `text_stats`: tokens, unknown_rate); returns how many were logged."""
         if not self.enabled:
             return 0
         now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
@@ -80,6 +84,8 @@ class PredictionLog:
         top = np.round(np.take_along_axis(probs, order, axis=1), 6).tolist()
         if images.dtype == object:  # texts: their length in the log instead of pixel statistics
             sizes = [{"chars": len(str(images[i])), "words": len(str(images[i]).split())} for i in keep]
+            if text_stats is not None:
+                sizes = [size | text_stats[i] for size, i in zip(sizes, keep, strict=True)]
         else:
             pixels = images[keep].reshape(len(keep), -1).astype(np.float32) / np.float32(255.0)
             means, stds = np.round(pixels.mean(axis=1), 6).tolist(), np.round(pixels.std(axis=1), 6).tolist()

@@ -1,7 +1,8 @@
 """Export of a text model: ONNX with dynamic batch and length axes, its tokenizer in the file's metadata and
 beside it (tokenizer.json), checked (onnx full check, parity with PyTorch at two batch sizes and two lengths,
-top-1 agreement on the whole test split), benchmarked at batch 1 and batch N on 64-token inputs, and described
-in a model card. tasks/export.py runs it when the prepared data is text."""
+top-1 agreement on the whole test split), benchmarked at batch 1 and batch N on 64-token inputs, described
+in a model card, with the drift reference of the default file (reference.json: confidence, tokens and
+unknown-token rate per test text; lab2prod/monitor/drift.py). tasks/export.py runs it when the prepared data is text."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from lab2prod.core.records import CompressReport
 from lab2prod.core.settings import Params
 from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
+from lab2prod.monitor import drift
 from lab2prod.serve.runtime import OUTPUT, session
 from models.export.machine import cpu_features
 from models.export.onnx_export import write_metadata
@@ -127,6 +129,7 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
         record = {"file": path.name, "max_abs_logit_diff": diffs, "atol": cfg.atol, "rtol": cfg.rtol}
         record |= {"test_top1_agreement": agreement, "onnx_bytes": path.stat().st_size}
         records, runners = {"fp32": record}, {"pytorch_eager": torch_runner(net), "onnx_fp32": onnx_runner(path)}
+        served_logits = {"onnx_fp32": onnx_logits}
         compress = CompressReport.read(ws.compress_metrics) if ws.compress_metrics.exists() else None
         accepted = compress.accepted if compress else {}
         rejected = dict(compress.rejected) if compress else {}
@@ -135,7 +138,8 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
             shutil.copyfile(ws.compressed / "int8.onnx", target)
             add_text_metadata(target, info, "int8")
             onnx.checker.check_model(str(target), full_check=True)
-            agree = float((onnx_text_logits(target, encoder, texts).argmax(1) == onnx_logits.argmax(1)).mean())
+            served_logits["onnx_int8"] = onnx_text_logits(target, encoder, texts)
+            agree = float((served_logits["onnx_int8"].argmax(1) == onnx_logits.argmax(1)).mean())
             if agree < params.text.int8_min_top1_agreement:
                 rejected["int8"] = f"export: top-1 agreement with FP32 {agree:.4f} < text.int8_min_top1_agreement"
                 target.unlink()
@@ -160,14 +164,10 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
         verdict = evaluate.get("verdict") or {"passed": True}
         benchmark |= {"fastest": fastest, "deployable_default": fastest if verdict["passed"] else None}
         benchmark |= {"not_deployable": None if verdict["passed"] else verdict["line"], "rejected": rejected}
-        probs = np.exp(onnx_logits - onnx_logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        ids = encoder.ids(texts)
-        write_json(tmp / "reference.json", {
-            "modality": "text", "n": len(texts), "classes": info.classes,
-            "confidence": probs.max(1).round(6).tolist(), "tokens": [len(i) for i in ids],
-            "unknown_rate": encoder.unknown_rate(ids),
-        })  # fmt: skip
+        z = served_logits[fastest]  # the drift reference of the file served by default, as the image export's
+        probs = np.exp(z - z.max(1, keepdims=True))
+        reference = drift.text_reference(texts, probs / probs.sum(1, keepdims=True), encoder, info.classes)
+        write_json(tmp / drift.REFERENCE_FILE, reference)
         write_text_card(tmp / "model_card.md", info, evaluate, benchmark, record)
     write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})
     write_json(ws.benchmark, benchmark)
