@@ -199,7 +199,8 @@ def serving(
         port = s.getsockname()[1]
     cmd = [python, "-m", "lab2prod.cli.main", "serve", "--model", str(model), "--port", str(port)]
     cmd += [a for k, v in sets.items() for a in ("-S", f"serve.{k}={v}")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    base = dict(os.environ) if python == sys.executable else {"PATH": "/usr/bin:/bin"}  # another venv: nothing of ours
+    env = {**base, "PYTHONPATH": str(ROOT), **(env or {})}
     log = (work / "server.log").open("w")
     proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:

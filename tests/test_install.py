@@ -57,3 +57,32 @@ def test_serve_extra_predicts_like_the_full_install(serve_venv: Path, tiny_run: 
     full = run(Path(sys.executable), *args, str(tmp_path / "full.csv"))
     assert full.returncode == 0, full.stderr
     assert (tmp_path / "light.csv").read_text() == (tmp_path / "full.csv").read_text()
+
+
+def test_serve_extra_serves_a_text_model_and_takes_text_feedback(
+    serve_venv: Path, text_run: dict, tmp_path: Path
+) -> None:
+    """The text model of the main install's tiny run (conftest `text_run`), served where torch is absent: JSON
+    texts answered with the classes the full install predicts, a text correction stored, the texts' token
+    statistics logged for the drift monitor."""
+    import json
+
+    from lab2prod.data.text import read_texts
+    from lab2prod.serve.predict import Classifier
+    from tests.conftest import serving
+
+    texts, _ = read_texts(text_run["ws"].prepared, "test")
+    sets = {"log_dir": tmp_path / "logs", "feedback_dir": tmp_path / "inbox"}
+    with serving(text_run["onnx"], tmp_path, sets, python=str(serve_venv)) as client:
+        answer = client.post("/predict", json={"texts": texts[:6]})
+        feedback = client.post("/feedback", json={"text": "Run the event loop until stopped.", "label": "asyncio"})
+        info = client.get("/model").json()
+    assert answer.status_code == 200, answer.text
+    model = Classifier.load(str(text_run["onnx"]))
+    expected = [model.classes[k] for k in model.predict(texts[:6]).argmax(1)]
+    assert [p["top"][0]["class"] for p in answer.json()["predictions"]] == expected
+    assert info["modality"] == "text"
+    assert feedback.status_code == 201, feedback.text
+    assert Path(feedback.json()["path"]).read_text() == "Run the event loop until stopped."
+    rows = [json.loads(line) for f in (tmp_path / "logs").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(r["tokens"] for r in rows) == sorted(len(i) for i in model.encoder.ids(texts[:6]))
