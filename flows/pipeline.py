@@ -36,6 +36,7 @@ from ruamel.yaml import YAML
 from flows.reports import metrics_snapshot, publish_run_report
 from lab2prod.core.dvc import dvc_command, dvc_env
 from lab2prod.core.errors import ConfigError, DataError
+from lab2prod.core.procs import process_group
 from lab2prod.core.settings import load_params, set_dotted
 from lab2prod.core.storage import is_remote
 
@@ -58,7 +59,9 @@ class StageFailed(RuntimeError):
 def run_dvc(project: Path, *args: str, log_prefix: str = "") -> tuple[int, list[str]]:
     """Run a DVC command, streaming each line of its output to the run logger. Returns (rc, lines)."""
     logger = get_run_logger()
-    proc = subprocess.Popen(
+    lines: list[str] = []
+    # its own process group, which a watchdog stops if this process dies (even by SIGKILL): no orphan stage
+    with process_group(
         dvc_command(*args),
         cwd=project,
         env=dvc_env(),
@@ -66,25 +69,24 @@ def run_dvc(project: Path, *args: str, log_prefix: str = "") -> tuple[int, list[
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
-    )
-    lines: list[str] = []
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                lines.append(line)
-                logger.info("%s%s", log_prefix, line)
-    except BaseException:  # cancelled (SIGTERM) or interrupted: DVC and its stage must be gone before anything
-        proc.terminate()  # restores files, or a stage still finishing would write over what was restored
+    ) as proc:
+        assert proc.stdout is not None
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        stop_stage_processes(project)
-        raise
-    return proc.wait(), lines
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    lines.append(line)
+                    logger.info("%s%s", log_prefix, line)
+        except BaseException:  # cancelled (SIGTERM) or interrupted: DVC and its stage must be gone before anything
+            proc.terminate()  # restores files, or a stage still finishing would write over what was restored
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            stop_stage_processes(project)
+            raise
+        return proc.wait(), lines
 
 
 def stop_stage_processes(project: Path, timeout_s: float = 20) -> list[int]:

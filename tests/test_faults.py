@@ -194,3 +194,54 @@ def test_kill_9_during_each_stage_then_dvc_status_tells_the_truth_and_repro_comp
     push.wait()
     sh(repo, "dvc", "push")
     assert "in sync" in sh(repo, "dvc", "status", "--cloud").stdout
+
+
+SLOW_STAGE = """
+stages:
+  slow:
+    cmd: >-
+      python -c "import subprocess, time; subprocess.Popen(['sleep', '300']);
+      open('started', 'w').close(); time.sleep(300)"
+    outs:
+      - never-written
+"""
+
+
+def processes_in(folder: Path) -> dict[Any, str]:
+    """The processes whose working directory is `folder` (this test's own excluded), with their command lines."""
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["pid", "cwd", "cmdline", "status"]):
+        if p.info["pid"] != os.getpid() and p.info["cwd"] == str(folder) and p.info["status"] != "zombie":
+            found[p] = " ".join(p.info["cmdline"] or [])
+    return found
+
+
+def test_kill_9_of_lab2prod_run_takes_dvc_and_its_stage_with_it(tmp_path: Path) -> None:
+    repo = tmp_path.resolve()
+    sh(repo, "git", "init", "-q")
+    sh(repo, sys.executable, "-m", "dvc", "init", "-q")
+    (repo / "dvc.yaml").write_text(SLOW_STAGE)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "lab2prod.cli.main", "run"],
+        cwd=repo,
+        env=project_env(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a group of its own, so that only the one process below is killed
+    )
+    deadline = time.monotonic() + 120
+    while not (repo / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    running = list(processes_in(repo).values())
+    assert any("dvc" in c for c in running) and "sleep 300" in running, running
+    os.kill(run.pid, signal.SIGKILL)  # the lab2prod process alone: DVC, the stage and its child must follow
+    run.wait()
+    deadline = time.monotonic() + 30
+    while processes_in(repo) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = processes_in(repo)
+    for leftover in left:  # on failure, do not leave them running for the rest of the suite
+        leftover.kill()
+    assert not left, f"still running after lab2prod run was killed: {list(left.values())}"

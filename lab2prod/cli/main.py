@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +23,7 @@ from lab2prod.cli.registry import registry_location
 from lab2prod.core.console import stage_entry
 from lab2prod.core.dvc import WorkspaceSnapshot, dvc_command, dvc_env
 from lab2prod.core.errors import ConfigError, DataError
+from lab2prod.core.procs import run_group
 from lab2prod.core.settings import apply_overrides, load_params, validate_params
 
 log = logging.getLogger("lab2prod")
@@ -78,10 +78,10 @@ def run(
     args += (["--force"] if force else []) + list(stages or [])
     log.info("lab2prod run: dvc %s", " ".join(args))
     if not overrides:
-        raise typer.Exit(subprocess.call(dvc_command(*args), env=dvc_env()))
+        raise typer.Exit(run_group(dvc_command(*args), env=dvc_env()))
     snapshot = WorkspaceSnapshot(Path.cwd())  # a failed experiment must leave the workspace as it found it
     try:
-        code = subprocess.call(dvc_command(*args), env=dvc_env())
+        code = run_group(dvc_command(*args), env=dvc_env())
         if code != 0:
             restored = snapshot.restore()
             log.error(
