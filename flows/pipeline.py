@@ -43,7 +43,7 @@ from lab2prod.core.storage import is_remote
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Stages whose failures can be passing I/O trouble (a remote source); every other failure is a
 # property of the data, the settings or the code, and a retry would fail the same way.
-IO_STAGES = {"ingest"}
+IO_STAGES = {"sources", "ingest"}
 SETTINGS_OR_DATA_ERROR = DataError.exit_code  # a stage that rejected its settings or data (lab2prod/core/errors.py)
 
 

@@ -63,6 +63,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def bare_onnx_predictions(onnx_file: Path | str, prepared: Path, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, top-1) of an image model's ONNX file on a split, with none of lab2prod's scoring code: the shards'
+    images run through a bare ONNX Runtime session as float NCHW in [0, 1] (the export's input contract)."""
+    import onnxruntime as ort
+
+    from lab2prod.data.dataset import SplitIndex
+
+    index = SplitIndex.read(prepared, split)
+    try:
+        images, labels = index.images(np.arange(len(index.labels))), index.labels.copy()
+    finally:
+        index.close()
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    return labels, session.run(None, {session.get_inputs()[0].name: x})[0].argmax(1)
+
+
 @pytest.fixture
 def tiny_params() -> Params:
     return validate_params(TINY)

@@ -19,7 +19,7 @@ import yaml
 
 from lab2prod.registry.store import champion, champion_history, register, set_champion, verify, versions
 from tests.conftest import ROOT, TINY
-from tests.sandbox import commit, make_project, project_env, sh, write_params
+from tests.sandbox import commit, make_project, project_env, sh, up_to_date, write_params
 
 LOOP = """
 import sys, itertools
@@ -178,7 +178,7 @@ def test_kill_9_during_each_stage_then_dvc_status_tells_the_truth_and_repro_comp
         status = sh(repo, "dvc", "status").stdout
         assert f"{stage}:" in status, status  # DVC says the killed stage must run again
     sh(repo, "dvc", "repro")
-    assert "up to date" in sh(repo, "dvc", "status").stdout
+    assert up_to_date(repo)
 
     # and `dvc push` to the remote killed part-way: the next push completes and the remote is in sync
     push = subprocess.Popen(

@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from tests.conftest import TINY
-from tests.sandbox import commit, make_project, project_env, sh, stages_run, write_params
+from tests.sandbox import commit, make_project, project_env, sh, stages_run, up_to_date, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +30,14 @@ LEAN = {"compress": {**TINY["compress"], "sparse": {"enabled": False}, "int8": {
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     repo = make_project(tmp_path / "project")
-    write_params(repo, LEAN)
+    write_params(repo, {**LEAN, "ingest": {"extra_sources": ["data/feedback"]}})  # the inbox, as by default
     commit(repo, "lean compression")
     return repo
 
 
 def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> None:
     first = sh(repo, "dvc", "repro")
-    assert stages_run(first.stdout) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
+    assert stages_run(first.stdout) == {"sources", "ingest", "augment", "train", "evaluate", "compress", "export"}
     for out in (
         "data/prepared/meta.json",
         "data/prepared/train/index.csv",
@@ -47,15 +49,15 @@ def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> Non
     ):
         assert (repo / out).stat().st_size > 0, out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
+    assert set(lock["stages"]) == {"sources", "ingest", "augment", "train", "evaluate", "compress", "export"}
 
     again = sh(repo, "dvc", "repro")
-    assert stages_run(again.stdout) == set() and "up to date" in sh(repo, "dvc", "status").stdout
+    assert stages_run(again.stdout) == {"sources"} and up_to_date(repo)  # the sources are listed, nothing else
 
     commit(repo, "baseline run")
     before = json.loads((repo / "metrics/evaluate.json").read_text())
     exp = sh(repo, "dvc", "exp", "run", "-S", "train.epochs=4", "-S", "train.width=12")
-    assert stages_run(exp.stdout) == {"train", "evaluate", "compress", "export"}  # not ingest, not augment
+    assert stages_run(exp.stdout) == {"sources", "train", "evaluate", "compress", "export"}  # not ingest, augment
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)
     assert "metrics/evaluate.json" in diff and "metrics/train/metrics.json" in diff
     after = json.loads((repo / "metrics/evaluate.json").read_text())
@@ -72,6 +74,17 @@ def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> Non
         assert failed.returncode != 0 and why in failed.stdout + failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
         assert workspace_files(repo) == before_files, setting
+
+    # A correction dropped into the feedback inbox, outside DVC's view, is seen: ingest runs again and takes it
+    inbox = repo / "data/feedback/3"
+    inbox.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(pixels).save(inbox / "correction.png")
+    n_before = json.loads((repo / "data/prepared/meta.json").read_text())["n_samples"]
+    rerun = sh(repo, "dvc", "repro", "ingest")
+    assert stages_run(rerun.stdout) == {"sources", "ingest"}
+    meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    assert meta["n_samples"] == n_before + 1 and sh(repo, "dvc", "status", "train").stdout.strip() != ""
 
 
 def workspace_files(repo: Path) -> dict[str, str]:
@@ -129,7 +142,7 @@ def test_kill_9_during_training_then_repro_resumes_and_completes(repo: Path) -> 
 
     resumed = sh(repo, "dvc", "repro")
     assert "resuming the unfinished run" in resumed.stdout + resumed.stderr
-    assert stages_run(resumed.stdout) == {"train", "evaluate", "compress", "export"}
-    assert "up to date" in sh(repo, "dvc", "status").stdout
+    assert stages_run(resumed.stdout) == {"sources", "train", "evaluate", "compress", "export"}
+    assert up_to_date(repo)
     epochs = (repo / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
     assert len(epochs) == 60

@@ -20,7 +20,7 @@ from tests.prefect_server import (  # noqa: F401  (fixtures)
     wait_for,
     worker_log,
 )
-from tests.sandbox import commit, make_project, project_env, sh, write_params
+from tests.sandbox import commit, make_project, project_env, sh, up_to_date, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +29,9 @@ def test_deployment_run_completes_and_leaves_what_dvc_repro_would(deployed: tupl
     repo, env = deployed
     run_id = start_run(repo, env)
     assert wait_for(repo, env, run_id) == "COMPLETED", logs(repo, env, run_id)
-    assert "up to date" in sh(repo, "dvc", "status").stdout  # the flow and `dvc repro` are one DAG
+    assert up_to_date(repo)  # the flow and `dvc repro` are one DAG
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"ingest", "augment", "train", "evaluate", "compress", "export"}
+    assert set(lock["stages"]) == {"sources", "ingest", "augment", "train", "evaluate", "compress", "export"}
     text = logs(repo, env, run_id)
     assert "[train]" in text and "Running stage 'train'" in text  # the stage's output is in the run log
     artifacts = sh(repo, "prefect", "artifact", "ls", env=env).stdout
@@ -78,8 +78,9 @@ def test_two_runs_at_once_both_end_well_and_the_workspace_is_intact(deployed: tu
     first, second = start_run(repo, env), start_run(repo, env)
     states = {wait_for(repo, env, first), wait_for(repo, env, second)}
     assert states == {"COMPLETED"}, logs(repo, env, first) + logs(repo, env, second)
-    assert "up to date" in sh(repo, "dvc", "status").stdout
+    assert up_to_date(repo)
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {
+        "sources",
         "ingest",
         "augment",
         "train",

@@ -15,6 +15,7 @@ PARAMS = Path("params.yaml")
 
 @dataclass(frozen=True)
 class Workspace:
+    sources: Path = Path("data/sources.json")  # sources: a digest per source of ingest (what DVC cannot see)
     prepared: Path = Path("data/prepared")  # ingest: {train,val,test}/ shards, meta.json, quarantine/
     augmented: Path = Path("data/augmented")  # augment: policy.json (+ offline copies' shards)
     augment_preview: Path = Path("plots/augment_preview.png")

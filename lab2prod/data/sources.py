@@ -26,13 +26,12 @@ from rich.progress import Progress
 
 from lab2prod.core.errors import DataError
 from lab2prod.core.settings import IngestConfig
+from lab2prod.data.fingerprint import file_stamp
 from lab2prod.data.images import DECODER_VERSION, IMAGE_SUFFIXES, BadImage, prepare_image
 from lab2prod.data.ingest_cache import IngestCache, Outcome, cache_key
 
 log = logging.getLogger(__name__)
 
-# File metadata that changes with the content, by filesystem (S3/GCS/Azure ETag or hash, local mtime, ...)
-STAMPS = ("ETag", "etag", "md5Hash", "crc32c", "checksum", "mtime", "LastModified", "last_modified", "created")
 FILES_PER_TASK = 32  # files a worker reads and decodes per task: amortises inter-process traffic
 
 
@@ -78,15 +77,6 @@ def settings_key(cfg: IngestConfig) -> str:
     )
 
 
-def _identity(info: dict) -> str:
-    """What changes when a file's content changes, without reading it: size plus mtime, ETag or checksum."""
-    stamp = next(
-        (info[k] for k in STAMPS if info.get(k) is not None),
-        "",
-    )
-    return f"{info.get('size')}:{stamp}"
-
-
 def list_folder(
     cfg: IngestConfig, source: str, min_classes: int = 2, suffixes: tuple[str, ...] = IMAGE_SUFFIXES
 ) -> tuple[list[str], list[SourceFile], list[Rejected]]:
@@ -125,7 +115,7 @@ def list_folder(
             elif Path(path).suffix.lower() not in suffixes:
                 rejected.append(Rejected(path, name, "not_an_image_extension", f"suffix {Path(path).suffix!r}"))
             else:
-                files.append(SourceFile(path, name, cache_key(skey, fs.unstrip_protocol(path), _identity(info))))
+                files.append(SourceFile(path, name, cache_key(skey, fs.unstrip_protocol(path), file_stamp(info))))
     return names, files, rejected
 
 
