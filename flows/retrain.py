@@ -194,9 +194,12 @@ def scheduled_retrain(
         with workspace_lock(project, lock_timeout_s), transaction() as txn:
             snapshot_workspace(project)
             current = champion(registry)
-            # Sources live outside DVC's view (folders, buckets): ingest always re-runs; on the same
-            # content its outputs are byte-identical and DVC skips everything downstream anyway.
-            reproduce_stage(project, "ingest", remote_source=is_remote(params.ingest.source), force=True)
+            # Sources live outside DVC's view (folders, buckets): the sources stage lists them (always) and
+            # ingest re-runs regardless; on the same content its outputs are byte-identical and DVC skips
+            # everything downstream anyway.
+            remote = is_remote(params.ingest.source)
+            reproduce_stage(project, "sources", remote_source=remote)
+            reproduce_stage(project, "ingest", remote_source=remote, force=True)
             dataset_hash = read_json(Workspace.under(project).prepared / "meta.json")["dataset_hash"]
             seen = {manifest(registry, v)["lineage"].get("dataset_hash") for v in versions(registry)}
             if current and dataset_hash in seen and not overrides:
