@@ -2,20 +2,18 @@
 with a promotion of a second model version half-way.
 
 Traffic, all at once until the end (raw asyncio sockets, one client process):
-    valid        concurrent keep-alive clients, one digit PNG per POST /predict      -> 200
-    slow_body    a body announced, then one byte every 0.2 s                           -> 408 (serve.body_timeout_s)
-    slow_header  request headers one byte every 0.2 s                                  -> 408 (serve.header_timeout_s)
-    oversized    Content-Length 10^12, no body                                         -> 413 at once
-    broken       a PNG cut in half / bytes that are no image                           -> 422
-    idle         a connection that sends nothing                                       -> closed (or 408)
-Half-way through, `lab2prod registry promote v0002` makes the second version champion; the server hot-reloads
-it while the valid clients keep sending. The server runs with short limits (1 s) so that the hostile clients
-cycle many times.
-
-Recorded: RSS of the server process (start after warm-up, peak, end), answers by status per traffic kind, the
-valid requests' latency, the versions answered. Checked: zero failed valid requests, every hostile request
-answered with its expected status within its limit plus GRACE_S, every answer after the promotion (and its
-settle time) from v0002, RSS at the end at most MEMORY_FACTOR x the start.
+    valid        concurrent keep-alive clients, one PNG per POST /predict      -> 200
+    slow_body    a body announced, then one byte every 0.2 s                   -> 408 (serve.body_timeout_s)
+    slow_header  request headers one byte every 0.2 s                          -> 408 (serve.header_timeout_s)
+    oversized    Content-Length 10^12, no body                                 -> 413 at once
+    broken       a PNG cut in half / bytes that are no image                   -> 422
+    idle         a connection that sends nothing                               -> closed (or 408)
+Half-way, `lab2prod registry promote v0002` makes the second version champion; the server hot-reloads it while
+the valid clients keep sending. The server's header, body and keep-alive limits are 1 s, so hostile clients
+cycle many times. Recorded: the server's RSS (start after warm-up, peak, end), answers by status per traffic
+kind, valid latency, the versions answered. Checked: no failed valid request, every hostile request answered
+as expected within its limit + GRACE_S, only v0002 answering from SETTLE_S after the promotion, RSS at the end
+at most MEMORY_FACTOR x the start, no traceback in the server log.
 
     python -m benchmarks.soak                 # 120 s
     python -m benchmarks.soak --seconds 30 --clients 4
@@ -42,6 +40,7 @@ import psutil
 import typer
 from PIL import Image
 
+from benchmarks.tiny_model import tiny_onnx
 from lab2prod.registry.store import register, set_champion
 
 LIMIT_S = 1.0  # serve.header_timeout_s, body_timeout_s and keep_alive_s of the soaked server
@@ -52,31 +51,6 @@ EXPECTED = {"slow_body": {408}, "slow_header": {408}, "oversized": {413}, "broke
 LIMITS = {"slow_body": LIMIT_S, "slow_header": LIMIT_S, "idle": LIMIT_S, "oversized": 0.0, "broken": 0.0}
 PAUSE_S = 0.05  # between one hostile client's requests (the fast ones would otherwise use up the local ports)
 CLOSED = 0  # the status recorded for a connection closed without an answer (what an idle one may get)
-
-
-def tiny_onnx(path: Path, seed: int) -> Path:
-    """A real ONNX classifier of 16x16 grey images into classes a, b, c (logits = flattened pixels @ W)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    w = np.random.default_rng(seed).normal(size=(256, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
-        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    for key, value in {"classes": ["a", "b", "c"], "image_shape_hwc": [16, 16, 1]}.items():
-        model.metadata_props.add(key=key, value=json.dumps(value))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
 
 
 def build_registry(work: Path) -> Path:
@@ -195,7 +169,6 @@ class Soak:
                 elif kind == "broken":
                     body = self.images[0][: len(self.images[0]) // 2] if int(started * 10) % 2 else b"no image" * 8
                     writer.write(head(len(body)) + body)
-                status = CLOSED
                 status, _ = await asyncio.wait_for(read_status(reader), LIMITS[kind] + GRACE_S + 5)
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 status = -1 if isinstance(exc, TimeoutError) else CLOSED

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import json
 import re
 import socket
 import subprocess
@@ -19,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 from PIL import Image
 
+from benchmarks.tiny_model import tiny_onnx
 from lab2prod.data.images import BadImage, decode_image
 from lab2prod.serve.auth import WriteAuth
 
@@ -51,27 +48,6 @@ def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
-
-
-def tiny_onnx(path: Path) -> Path:
-    """A real ONNX classifier of 16x16 grey images into classes a, b, c (logits = flattened pixels @ W)."""
-    w = np.random.default_rng(0).normal(size=(256, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
-        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    for key, value in {"classes": ["a", "b", "c"], "image_shape_hwc": [16, 16, 1]}.items():
-        model.metadata_props.add(key=key, value=json.dumps(value))
-    onnx.save(model, path)
-    return path
 
 
 def start_server(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int, Any]:
