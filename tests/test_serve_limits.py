@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import json
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 from PIL import Image
 
+from benchmarks.tiny_model import tiny_onnx
 from lab2prod.data.images import BadImage, decode_image
 from lab2prod.serve.auth import WriteAuth
 
@@ -49,27 +48,6 @@ def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
-
-
-def tiny_onnx(path: Path) -> Path:
-    """A real ONNX classifier of 16x16 grey images into classes a, b, c (logits = flattened pixels @ W)."""
-    w = np.random.default_rng(0).normal(size=(256, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
-        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    for key, value in {"classes": ["a", "b", "c"], "image_shape_hwc": [16, 16, 1]}.items():
-        model.metadata_props.add(key=key, value=json.dumps(value))
-    onnx.save(model, path)
-    return path
 
 
 def start_server(work: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int, Any]:
@@ -330,3 +308,38 @@ def test_the_bomb_guard_holds_while_other_images_decode_in_threads() -> None:
         sys.setswitchinterval(interval)
     assert leaked[0] == 0 and refused[0] > 100, (leaked[0], refused[0])
     assert pillow_limit == Image.MAX_IMAGE_PIXELS  # Pillow's own setting, untouched
+
+
+class _Assets(HTMLParser):
+    """The URLs a page loads: every <script src> and <link href>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        wanted = {"script": "src", "link": "href"}.get(tag)
+        self.urls += [v for k, v in attrs if k == wanted and v]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_load_nothing_from_the_internet(server: dict[str, Any], page: str) -> None:
+    client = server["client"]
+    html = client.get(page)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    parser = _Assets()
+    parser.feed(html.text)
+    scripts = [u for u in parser.urls if u.endswith(".js")]
+    assert scripts and all(u.startswith("/") and not u.startswith("//") for u in parser.urls), parser.urls
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html.text), html.text
+    before = counted(client, "/docs-assets", "200")
+    for url in parser.urls:
+        asset = client.get(url)
+        kind = {".js": "javascript", ".css": "text/css", ".png": "image/png"}[Path(url).suffix]
+        assert asset.status_code == 200 and kind in asset.headers["content-type"] and len(asset.content) > 1000, url
+    deadline = time.monotonic() + WAIT  # counted once each answer is out: one metrics label for them all
+    while counted(client, "/docs-assets", "200") < before + len(parser.urls) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted(client, "/docs-assets", "200") == before + len(parser.urls)
+    assert counted(client, "/docs-assets", "499") == 0  # an answer sent in full is no client gone
+    assert client.get("/openapi.json").json()["paths"]["/predict"]  # what the page then loads

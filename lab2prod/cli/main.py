@@ -225,6 +225,26 @@ def serve(
 
 @app.command()
 @stage_entry
+def plots(
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="Plots to show (default: every plot in dvc.yaml).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the page (index.html).")] = Path("dvc_plots"),
+) -> None:
+    """`dvc plots show` as a page that renders offline: training curves, confusion matrices, augmentation previews.
+
+    DVC's own page loads its plotting libraries from a CDN (blank without internet); this one carries them
+    inlined (vl-convert-python's bundle of Vega, Vega-Lite and vega-embed). Open OUT/index.html in a browser.
+    """
+    from lab2prod.core.plots import show_offline
+
+    page = show_offline(out, targets)
+    log.info("plots: %s (renders offline)", page)
+    sys.stdout.write(f"{page}\n")
+
+
+@app.command()
+@stage_entry
 def monitor(
     trigger: Annotated[
         bool, typer.Option(help="Start the retraining deployment if needed (needs a Prefect server with it deployed).")

@@ -5,7 +5,8 @@
                       inbox the next retraining run ingests
     GET  /healthz     the process answers;  GET /readyz: a model is loaded;  GET /model: what is served
     GET  /metrics     Prometheus text: requests by endpoint and status, latency, batch sizes, model, reloads
-    GET  /docs        OpenAPI documentation
+    GET  /docs        OpenAPI documentation (Swagger UI; /redoc: ReDoc), their scripts and styles served from
+                      /docs-assets/ (fastapi-offline's bundled copies): the pages work with no internet
 
 Micro-batching: every image waits at most `serve.max_wait_ms` for others to share one model call of at most
 `serve.max_batch` images; one thread runs the model while the event loop reads and decodes the next requests.
@@ -38,6 +39,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -51,7 +53,7 @@ from lab2prod.data.images import BadImage
 from lab2prod.serve.auth import TOKEN_ENV, WriteAuth, load_token
 from lab2prod.serve.batch import Busy, MicroBatcher
 from lab2prod.serve.decode import Decoder, header_pixels
-from lab2prod.serve.guard import Guard
+from lab2prod.serve.guard import DOCS_ASSETS, Guard
 from lab2prod.serve.metrics import Metrics
 from lab2prod.serve.model import ChampionSource, FileSource, ModelHolder
 from lab2prod.serve.prediction_log import PredictionLog
@@ -109,7 +111,10 @@ def create_app(
         if prediction_log is not None:
             prediction_log.close()
 
-    app = FastAPI(
+    # FastAPI's own /docs and /redoc load Swagger UI and ReDoc from a CDN (a blank page offline); FastAPIOffline
+    # is a FastAPI whose pages load the copies bundled in the fastapi-offline package, served under DOCS_ASSETS.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="lab2prod",
         summary="Image classification with the registry's champion model",
         description=__doc__.split("\n\n")[0],

@@ -19,7 +19,19 @@ from lab2prod.serve.metrics import Metrics
 log = logging.getLogger("lab2prod.serve")
 
 
-KNOWN_PATHS = {"/predict", "/feedback", "/healthz", "/readyz", "/metrics", "/model", "/docs", "/openapi.json"}
+KNOWN_PATHS = {
+    "/predict",
+    "/feedback",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/model",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/openapi.json",
+}
+DOCS_ASSETS = "/docs-assets"  # the documentation pages' scripts, styles and icon (counted as one endpoint)
 CLOSE = (b"connection", b"close")
 CLIENT_GONE = "499"  # the status counted for a client that disconnected before its answer (nginx's code)
 
@@ -42,18 +54,21 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        endpoint = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        path = scope["path"]
+        endpoint = path if path in KNOWN_PATHS else DOCS_ASSETS if path.startswith(DOCS_ASSETS + "/") else "other"
         started, status = time.perf_counter(), [500]
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         body_read = [length in (None, b"0") and b"transfer-encoding" not in headers]
-        gone = [False]
+        gone, answered = [False], [False]
 
         async def send_recording(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 if not body_read[0]:  # the rest of the body will not be read: the connection cannot be reused
                     message = {**message, "headers": [*message.get("headers", []), CLOSE]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered[0] = True
             await send(message)
 
         too_big = (
@@ -85,7 +100,9 @@ class Guard:
                             f"({seen} bytes read); send it faster, or smaller",
                         ) from None
                 if message["type"] == "http.disconnect":
-                    gone[0] = True
+                    # a client gone before its answer was all sent; a file response (the docs' assets) listens
+                    # for the disconnect that follows its own end, which is no client gone
+                    gone[0] = gone[0] or not answered[0]
                 elif message["type"] == "http.request":
                     seen += len(message.get("body", b""))
                     if seen > self.max_body:
