@@ -75,6 +75,19 @@ def test_repro_end_to_end_then_nothing_then_only_what_changed(repo: Path) -> Non
         assert "Traceback" not in failed.stderr
         assert workspace_files(repo) == before_files, setting
 
+    # A plain run whose stage fails (here on the user's own params.yaml) gets that stage's outputs back, deleted by
+    # DVC before the stage ran; params.yaml stays as the user wrote it, and what the sources stage wrote is kept
+    as_was = (repo / "params.yaml").read_text()
+    edited = yaml.safe_load(as_was)
+    edited["ingest"]["source"] = "/nonexistent/dir"
+    (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    failed = sh(repo, sys.executable, "-m", "lab2prod.cli.main", "run", check=False)
+    assert failed.returncode != 0 and "not a directory" in failed.stdout + failed.stderr, failed.stderr
+    after = workspace_files(repo)
+    changed = {f for f in before_files.keys() | after.keys() if before_files.get(f) != after.get(f)}
+    assert changed == {"params.yaml", "data/sources.json", "dvc.lock"}, changed
+    (repo / "params.yaml").write_text(as_was)
+
     # A correction dropped into the feedback inbox, outside DVC's view, is seen: ingest runs again and takes it
     inbox = repo / "data/feedback/3"
     inbox.mkdir(parents=True)

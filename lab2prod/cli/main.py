@@ -33,9 +33,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="markdown",
-    help="From a folder of labelled images to a trained, compressed, ONNX-exported classifier that is registered, "
-    "gated and retrained. Run it in the project "
-    "root (where dvc.yaml and params.yaml are).",
+    help="From a folder of labelled images or texts to a trained, compressed, ONNX-exported classifier that is "
+    "registered, gated and retrained. Run it in the project root (where dvc.yaml and params.yaml are).",
 )
 app.add_typer(registry_app, name="registry")
 app.add_typer(prefect_app, name="prefect")
@@ -60,6 +59,7 @@ def run(
     With --set the run is a DVC experiment (`dvc exp run -S ...`): `dvc exp show` compares it with every
     other. As `dvc exp run` does, a run that succeeds leaves its values in params.yaml (`git checkout
     params.yaml` goes back); one that fails puts params.yaml, dvc.lock and every output back as they were.
+    Without --set, a stage that fails gets its previous outputs back (DVC deletes them before it runs).
     With --prefect the same stages run as Prefect tasks (retries, artifacts, run log), still through DVC.
     """
     overrides = parse_overrides(set_)
@@ -77,12 +77,12 @@ def run(
         args = ["repro"]
     args += (["--force"] if force else []) + list(stages or [])
     log.info("lab2prod run: dvc %s", " ".join(args))
-    if not overrides:
-        raise typer.Exit(run_group(dvc_command(*args), env=dvc_env()))
-    snapshot = WorkspaceSnapshot(Path.cwd())  # a failed experiment must leave the workspace as it found it
+    if not (Path.cwd() / "dvc.yaml").is_file():
+        raise ConfigError(f"no dvc.yaml in {Path.cwd()}: run `lab2prod run` in the project root")
+    snapshot = WorkspaceSnapshot(Path.cwd())  # a failed run must leave the workspace as it found it
     try:
         code = run_group(dvc_command(*args), env=dvc_env())
-        if code != 0:
+        if code != 0 and overrides:
             restored = snapshot.restore()
             log.error(
                 "lab2prod run: the experiment failed (exit %d); %s",
@@ -90,6 +90,16 @@ def run(
                 "params.yaml, dvc.lock and every output are back as they were"
                 if restored == 0
                 else f"params.yaml and dvc.lock are back, but `dvc checkout` exited {restored}: run it again",
+            )
+        elif code != 0:
+            restored = snapshot.restore(missing_only=True)
+            log.error(
+                "lab2prod run: dvc repro failed (exit %d); %s",
+                code,
+                "the outputs of the stage that failed are back as dvc.lock records them (what the stages before "
+                "it wrote is kept: `dvc status` tells what is left to run)"
+                if restored == 0
+                else f"`dvc checkout` exited {restored} bringing back the failed stage's outputs: run it again",
             )
     finally:
         snapshot.discard()

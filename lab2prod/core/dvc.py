@@ -53,11 +53,17 @@ class WorkspaceSnapshot:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
 
-    def restore(self) -> int:
+    def restore(self, missing_only: bool = False) -> int:
         """Put every kept file back as it was (deleting what did not exist), then `dvc checkout` the cached
-        outputs that dvc.lock names. Returns checkout's exit code."""
+        outputs that dvc.lock names. Returns checkout's exit code.
+
+        `missing_only` (after a failed `dvc repro`): bring back only the kept outputs that are gone — DVC deletes
+        a stage's outputs before it runs — and leave params.yaml, dvc.lock, what the stages that succeeded wrote
+        and a failed training's checkpoints (the next run resumes from them) as they are."""
         for name, existed in self.kept.items():
             target = self.project / name
+            if missing_only and (not existed or target.exists() or name in ("params.yaml", "dvc.lock")):
+                continue
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             elif target.exists() or target.is_symlink():
