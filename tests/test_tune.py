@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 # TINY, made cheaper still: no compressed variants, no baseline, a short benchmark (each trial runs train,
 # evaluate, compress and export once).
 FAST = {
+    "train": {"epochs": 2},
     "evaluate": {"baseline": "none"},
     "compress": {
         "prune": {"enabled": False},
@@ -131,3 +132,17 @@ def test_unknown_key_in_the_space_fails_at_once_naming_it(tmp_path: Path) -> Non
     assert (repo / "params.yaml").read_bytes() == before
     assert not (repo / ".lab2prod/tune.db").exists()
     assert sh(repo, sys.executable, "-m", "dvc", "exp", "list", "--all-commits").stdout.strip() == ""
+
+
+def test_a_failed_experiment_is_a_failed_trial_and_the_workspace_is_restored(tmp_path: Path) -> None:
+    # passes the tuner's schema check (a timm name is checked where a network is built), fails in the train stage
+    repo = tuned_project(tmp_path / "p", {"space": {"train.architecture": {"choices": ["no_such_net_xyz"]}}})
+    before = (repo / "params.yaml").read_bytes()
+    proc = lab2prod(repo, "tune", "--trials", "1", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    (trial,) = json.loads((repo / "reports/tune/study.json").read_text())["trials"]
+    assert trial["state"] == "FAIL" and "dvc exp run exited" in trial["fail_reason"], trial
+    assert "no_such_net_xyz" in out, out  # the stage's own error reached the user
+    assert (repo / "params.yaml").read_bytes() == before and not (repo / "dvc.lock").exists()
+    assert experiments(repo) == {}

@@ -41,6 +41,7 @@ def tune(
     is left as it was (`--apply best` or `--apply N` brings a trial's settings and outputs in). --set changes
     a setting for every trial (or, for tune.* keys, the study itself).
     """
+    from optuna.trial import TrialState
     from rich.console import Console
 
     from lab2prod.tune.report import REPORT_DIR, apply_trial, pareto_table, trial_line, write_reports
@@ -64,8 +65,11 @@ def tune(
         ", ".join(cfg.space),
     )
     try:
-        optimize(study, cfg, project, base, budget, limit, lambda t: trial_line(t, cfg, console))
+        ran = optimize(study, cfg, project, base, budget, limit, lambda t: trial_line(t, cfg, console))
     finally:
         files = write_reports(study, cfg, project / REPORT_DIR)
         console.print(pareto_table(study, cfg))
         log.info("tune: %s, %s, %s", *(str(f.relative_to(project)) for f in files.values()))
+    if ran and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        log.error("tune: no trial of study %r completed (reasons in %s)", cfg.study, files["study"])
+        raise typer.Exit(1)

@@ -29,6 +29,7 @@ from lab2prod.core.dvc import WorkspaceSnapshot, dvc_command, dvc_env
 from lab2prod.core.errors import ConfigError, DataError
 from lab2prod.core.layout import Workspace
 from lab2prod.core.procs import run_group
+from lab2prod.core.settings import load_params
 from lab2prod.core.tune_settings import ChoiceSpec, RangeSpec, TuneConfig
 
 log = logging.getLogger("lab2prod")
@@ -198,6 +199,11 @@ def run_trial(
     values = sample(trial, cfg.space)
     name = experiment_name(cfg.study, trial.number)
     trial.set_user_attr("experiment", name)
+    try:  # rules across keys (min_epochs <= max_epochs, ...): a trial DVC would refuse fails here, at once
+        load_params(project / "params.yaml", {**base, **values})
+    except ConfigError as exc:
+        trial.set_user_attr("fail_reason", str(exc).replace("\n", " "))
+        return study.tell(trial, state=TrialState.FAIL), True
     sets = [a for k, v in {**base, **values}.items() for a in ("-S", f"{k}={json.dumps(v)}")]
     args = dvc_command("exp", "run", "--name", name, *sets)
     log.info("tune: trial %d: dvc %s", trial.number, " ".join(args[3:]))
