@@ -208,8 +208,9 @@ def run_trial(
     args = dvc_command("exp", "run", "--name", name, *sets)
     log.info("tune: trial %d: dvc %s", trial.number, " ".join(args[3:]))
     started = time.monotonic()
+    stopped: list[int] = []
     with heartbeat(study, trial):
-        code = run_group(args, env=dvc_env(), cwd=project)
+        code = run_group(args, env=dvc_env(), cwd=project, on_signal=stopped.append)
     trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
     go_on, reason = True, None
     if code == 0:
@@ -220,9 +221,9 @@ def run_trial(
         else:
             for key, value in info.items():
                 trial.set_user_attr(key, value)
-            return study.tell(trial, objective_values), True
+            return study.tell(trial, objective_values), not stopped
     else:
-        go_on = code not in STOPPED_CODES and code >= 0
+        go_on = not stopped and code not in STOPPED_CODES and code >= 0
         reason = f"dvc exp run exited {code}" + ("" if go_on else " (stopped)")
     restored = snapshot.restore()  # as `lab2prod run -S` does: params.yaml, dvc.lock and the outputs back
     if restored != 0:
