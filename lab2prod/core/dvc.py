@@ -27,7 +27,8 @@ class WorkspaceSnapshot:
     """What `dvc exp run` may change in a project, kept so that a failed run can be undone: params.yaml and
     dvc.lock byte for byte, and every uncached output of dvc.yaml (metrics, plots, checkpoints: `dvc checkout`
     cannot bring those back). Cached outputs come back from DVC's cache with `dvc checkout` once dvc.lock is
-    restored. Kept in .dvc/tmp (git-ignored, same filesystem) and removed afterwards."""
+    restored; and git's index (a killed `dvc exp run` leaves files staged). Kept in .dvc/tmp (git-ignored, same
+    filesystem) and removed afterwards."""
 
     def __init__(self, project: Path) -> None:
         self.project = project.resolve()
@@ -43,6 +44,12 @@ class WorkspaceSnapshot:
                         ((name, opts),) = entry.items()
                         if not (opts or {}).get("cache", True):
                             uncached.add(name)
+        git_index = subprocess.run(
+            ["git", "rev-parse", "--git-path", "index"], cwd=self.project, capture_output=True, text=True
+        ).stdout.strip()
+        self.git_index = self.project / git_index if git_index else None
+        if self.git_index is not None and self.git_index.is_file():
+            shutil.copy2(self.git_index, self.scratch / "git-index")
         self.kept: dict[str, bool] = {}  # relative path -> existed before
         for name in sorted(uncached):
             src, dst = self.project / name, self.scratch / name
@@ -55,11 +62,13 @@ class WorkspaceSnapshot:
 
     def restore(self, missing_only: bool = False) -> int:
         """Put every kept file back as it was (deleting what did not exist), then `dvc checkout` the cached
-        outputs that dvc.lock names. Returns checkout's exit code.
+        outputs that dvc.lock names (none when there was no dvc.lock). Returns checkout's exit code.
 
         `missing_only` (after a failed `dvc repro`): bring back only the kept outputs that are gone — DVC deletes
-        a stage's outputs before it runs — and leave params.yaml, dvc.lock, what the stages that succeeded wrote
-        and a failed training's checkpoints (the next run resumes from them) as they are."""
+        a stage's outputs before it runs — and leave params.yaml, dvc.lock, git's index, what the stages that
+        succeeded wrote and a failed training's checkpoints (the next run resumes from them) as they are."""
+        if not missing_only and self.git_index is not None and (self.scratch / "git-index").is_file():
+            shutil.copy2(self.scratch / "git-index", self.git_index)
         for name, existed in self.kept.items():
             target = self.project / name
             if missing_only and (not existed or target.exists() or name in ("params.yaml", "dvc.lock")):
@@ -75,6 +84,8 @@ class WorkspaceSnapshot:
                 else:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, target)
+        if not self.kept["dvc.lock"]:
+            return 0  # nothing was run before: no output to bring back
         return subprocess.call(
             dvc_command("checkout", "--force", "--quiet"), cwd=self.project, env=dvc_env(), stdout=subprocess.DEVNULL
         )

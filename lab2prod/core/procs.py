@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -72,15 +72,19 @@ def process_group(cmd: list[str], grace_s: float = 10.0, **popen: Any) -> Iterat
             watchdog.wait(timeout=grace_s + 5)
 
 
-def run_group(cmd: list[str], grace_s: float = 10.0, **popen: Any) -> int:
+def run_group(
+    cmd: list[str], grace_s: float = 10.0, on_signal: Callable[[int], None] | None = None, **popen: Any
+) -> int:
     """Run `cmd` to its end in its own process group (see `process_group`), passing SIGINT, SIGTERM and
-    SIGHUP on to the whole group; its exit code."""
+    SIGHUP on to the whole group (and to `on_signal`, which learns the command was stopped); its exit code."""
     with process_group(cmd, grace_s=grace_s, **popen) as child:
         previous: dict[int, Any] = {}
 
         def forward(signum: int, _frame: object) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signum)
+            if on_signal is not None:
+                on_signal(signum)
 
         if threading.current_thread() is threading.main_thread():
             for sig in FORWARDED:

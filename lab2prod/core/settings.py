@@ -30,6 +30,7 @@ from lab2prod.core.sections import (  # noqa: F401
     check_architecture,
 )
 from lab2prod.core.text_settings import TextConfig
+from lab2prod.core.tune_settings import TuneConfig, check_space
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -222,6 +223,12 @@ class Params(Section):
     retrain: RetrainConfig = RetrainConfig()
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()
+    tune: TuneConfig = TuneConfig()  # lab2prod tune only: no stage lists it (lab2prod/core/tune_settings.py)
+
+    @model_validator(mode="after")
+    def _tune_space_names_settings(self) -> Params:
+        check_space(self.tune.space, type(self))
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """Short content hash of the named sections (all of them if none): lineage of an artifact."""
@@ -231,7 +238,9 @@ class Params(Section):
 
 
 def _describe(error: dict[str, Any], source: str) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in error["loc"])
+    if not key:  # a rule across sections (the tune space): the message names the key
+        return f"{source}: {error['msg'].removeprefix('Value error, ')}."
     if error["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'. Remove it or fix its spelling (see the comments in params.yaml)."
     value, message = error.get("input"), error["msg"].removeprefix("Value error, ")
