@@ -228,3 +228,46 @@ def test_a_pretrained_encoder_fine_tunes_and_exports_with_a_dynamic_int8_variant
     agreement = np.mean(int8.predict(texts).argmax(1) == fp32.predict(texts).argmax(1))
     assert agreement == pytest.approx(report["top1_agreement_with_fp32"], abs=1 / len(texts))
     assert "onnx_int8" in json.loads(ws.benchmark.read_text())["variants"]
+
+
+def test_a_text_model_warm_starts_from_the_champion_with_its_tokenizer_and_weights(
+    text_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    import torch
+
+    from lab2prod.core.errors import ConfigError
+    from lab2prod.data.tokens import TextEncoder
+    from lab2prod.registry.store import register, set_champion
+    from models.text.model_file import load_text_model
+    from tasks.train import train
+
+    project = text_run["ws"].prepared.parent.parent
+    registry = tmp_path / "registry"
+    version = register(registry, project, {"note": "test"}, None)
+    set_champion(registry, version, "test")
+    raw = text_run["params"].model_dump(mode="json")
+    raw["retrain"]["registry_dir"] = str(registry)
+    raw["train"] |= {"pretrained": "champion", "epochs": 1, "lr": 1e-7}  # a step that barely moves a weight
+    done = text_run["ws"]
+    ws = replace(Workspace.under(tmp_path / "warm"), prepared=done.prepared, augmented=done.augmented)
+    monkeypatch.chdir(tmp_path)
+    train(validate_params(raw), ws)
+
+    champion_net, champion_info = load_text_model(project / "artifacts/train/model.pt")
+    warm_net, warm_info = load_text_model(ws.model)
+    assert warm_info.tokenizer == champion_info.tokenizer and warm_info.lineage.weights_source == f"champion:{version}"
+    before, after = champion_net.state_dict(), warm_net.state_dict()
+    assert before.keys() == after.keys()
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) < 1e-3  # the champion's weights, kept
+    fresh = warm_info.spec.build().state_dict()  # what a start from none draws
+    assert max(float((before[k] - fresh[k]).abs().max()) for k in before if before[k].is_floating_point()) > 0.1
+    texts, _ = read_texts(text_run["ws"].prepared, "test")
+    ids = torch.as_tensor(TextEncoder(champion_info.tokenizer, champion_info.max_length)(texts))
+    with torch.no_grad():
+        assert torch.equal(champion_net(ids).argmax(1), warm_net(ids).argmax(1))
+
+    raw["text"]["model"] = "encoder"  # an encoder cannot start from an MLP champion: said before anything loads
+    with pytest.raises(ConfigError, match="ngram_mlp model, not what text.model = 'encoder'"):
+        train(validate_params(raw), replace(ws, train_dir=tmp_path / "other"))

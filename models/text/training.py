@@ -5,6 +5,8 @@ augmentation. tasks/train.py runs it when the prepared data is text."""
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,9 +21,10 @@ from lab2prod.core.settings import Params, TrainConfig
 from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder, train_tokenizer
 from models.nets.model_file import Lineage
-from models.nets.weights import WeightsSource
+from models.nets.networks import transfer_weights
+from models.nets.weights import WeightsSource, resolve_weights
 from models.text.encoder import load_pretrained
-from models.text.model_file import TextModelInfo
+from models.text.model_file import TextModelInfo, load_text_model
 from models.text.networks import TextSpec
 
 log = logging.getLogger("models.text.training")
@@ -76,6 +79,28 @@ class TextData(L.LightningDataModule):
         return self._loader(self.run.val_ids, self.run.val_labels, False)
 
 
+def champion_start(params: Params) -> tuple[nn.Module, TextModelInfo, WeightsSource]:
+    """`train.pretrained: champion` for text: the registry champion's text model file, checked to be the kind of
+    model `text.model` asks for."""
+    with tempfile.TemporaryDirectory(prefix="lab2prod-weights-") as scratch:
+        weights = resolve_weights("champion", "text", Path("."), params.retrain.registry_dir, Path(scratch))
+        assert weights.path is not None
+        try:
+            net, info = load_text_model(weights.path)
+        except Exception:  # an image model file, or no model file lab2prod can read as text
+            raise ConfigError(
+                f"train.pretrained = 'champion': the champion ({weights.label}) is not a text model; start this "
+                "text model from 'none' (train.pretrained=none)"
+            ) from None
+    wanted = "encoder" if params.text.model == "encoder" else "ngram_mlp"
+    if info.spec.architecture != wanted:
+        raise ConfigError(
+            f"train.pretrained = 'champion': the champion ({weights.label}) is a {info.spec.architecture} model, "
+            f"not what text.model = {params.text.model!r} trains; set text.model to the champion's or start from none"
+        )
+    return net, info, weights
+
+
 class TextRun:
     """The training split's texts tokenized with a tokenizer learned on them, the network to train, and the
     model file's record."""
@@ -84,8 +109,11 @@ class TextRun:
         self.params, cfg = params, params.text
         texts, self.train_labels = read_texts(ws.prepared, "train")
         val_texts, self.val_labels = read_texts(ws.prepared, "val")
-        self.classes, self.pretrained = meta["classes"], None
-        if cfg.model == "encoder":  # its own tokenizer, weights and config
+        self.classes, self.pretrained, self.warm = meta["classes"], None, None
+        if params.train.pretrained == "champion":  # the champion's tokenizer, network and weights
+            self.warm = champion_start(params)
+            self.tokenizer = self.warm[1].tokenizer  # its embeddings fit its own token ids only
+        elif cfg.model == "encoder":  # its own tokenizer, weights and config
             config, state, self.tokenizer, label, digest = load_pretrained(cfg.encoder)
             self.pretrained = (state, WeightsSource("file", label, None, digest))
         else:
@@ -94,7 +122,9 @@ class TextRun:
         self.train_ids, self.val_ids = self.encoder.ids(texts), self.encoder.ids(val_texts)
         common = {"vocab_size": self.encoder.tokenizer.get_vocab_size(), "n_classes": len(self.classes)}
         common |= {"dropout": cfg.dropout, "pad_id": self.encoder.pad_id}
-        if cfg.model == "encoder":
+        if self.warm is not None:
+            self.spec = self.warm[1].spec.model_copy(update=common)
+        elif cfg.model == "encoder":
             self.spec = TextSpec(
                 architecture="encoder", embed_dim=config["hidden_size"], hidden=0, encoder_config=config, **common
             )
@@ -111,7 +141,14 @@ class TextRun:
     def network(self) -> nn.Module:
         """The network to train: random weights (the MLP), or the pretrained encoder's with a fresh head."""
         net = self.spec.build()
-        if self.pretrained is not None:
+        if self.warm is not None:
+            source, info, weights = self.warm
+            report = transfer_weights(net, source, info.classes, self.classes)
+            log.info(
+                "train: warm start from %s: %d tensors copied, %d classes kept, new classes %s",
+                weights.label, report["tensors_copied"], len(report["classes_kept"]), report["classes_new"] or "none",
+            )  # fmt: skip
+        elif self.pretrained is not None:
             net[0].encoder.load_state_dict(self.pretrained[0])
         return net
 
@@ -130,6 +167,8 @@ class TextRun:
         return cfg.model_copy(update=update)
 
     def weights(self) -> WeightsSource:
+        if self.warm is not None:
+            return self.warm[2]
         if self.pretrained is not None:
             return self.pretrained[1]
         if self.params.train.pretrained != "none":
