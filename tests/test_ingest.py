@@ -105,7 +105,10 @@ def test_class_too_small_to_split_is_a_clear_error(tmp_path: Path, image_folder:
     assert not list(tmp_path.glob(".prepared*"))  # and no temp dir left behind
 
 
-def test_failed_rerun_keeps_previous_output(tmp_path: Path, image_folder: Path) -> None:
+def test_a_failed_ingest_call_leaves_the_previous_output_untouched(tmp_path: Path, image_folder: Path) -> None:
+    """The library function alone (it writes a new folder and renames it into place). Through DVC, which deletes
+    a stage's outputs before it runs, the same guarantee is `lab2prod run`'s: tests/test_pipeline.py's end-to-end
+    test fails an ingest both with and without --set and compares every workspace file before and after."""
     out = tmp_path / "prepared"
     ingest(cfg(), out)
     before = (out / "meta.json").read_bytes()
