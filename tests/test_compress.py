@@ -106,6 +106,9 @@ def test_export_ships_each_accepted_variant_checked_and_benchmarked(tiny_run: di
     assert bench["deployable_default"].startswith("onnx_") and "flags" in bench["machine"]
     card = (tiny_run["export"] / "model_card.md").read_text()
     assert "Deployable default" in card and "## Lineage" in card and "onnx_int8" in card
+    fp32_macs = json.loads(tiny_run["compress_metrics"].read_text())["fp32"]["macs"]
+    assert f"| {fp32_macs / 1e3:.1f} k |" in card or f"| {fp32_macs / 1e6:.1f} M |" in card  # read at a glance
+    assert "sha256 `None`" not in card
 
 
 TINY_ATOL = validate_params(TINY).export.atol

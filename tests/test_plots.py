@@ -78,3 +78,15 @@ def test_plots_page_loads_nothing_from_the_network_and_every_plot_renders(worksp
 def test_plots_outside_a_project_says_where_to_run_it(tmp_path: Path) -> None:
     proc = cli(tmp_path, "plots")
     assert proc.returncode != 0 and "no dvc.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dvc_plots_show_draws_each_plot_once(workspace: Path) -> None:
+    """Every file behind a named plot of dvc.yaml is drawn by that plot only (a stage's plots: entry for the same
+    file would add a second, unnamed drawing of it), and each picture appears once."""
+    shown = json.loads(
+        subprocess.run(
+            dvc_command("plots", "show", "--json"), cwd=workspace, env=dvc_env(), capture_output=True, text=True
+        ).stdout
+    )["data"]
+    named = {"Confusion matrix (test split)", "Training curves", "Validation accuracy"}
+    assert set(shown) == named | {"plots/augment_preview.png", "plots/confusion_matrix.png"}, sorted(shown)

@@ -17,6 +17,16 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f} %"
 
 
+def humanize(count: int | None) -> str:
+    """7247114 -> "7.2 M", 5300 -> "5.3 k", 0 or None -> "–": counts a reader takes in at a glance."""
+    if not count:
+        return "–"
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return str(count)
+
+
 def _network_line(info: ModelInfo) -> str:
     spec, lineage = info.spec, info.lineage
     name = f"timm `{spec.architecture}`" if spec.is_timm else f"built-in `{spec.architecture}` (width {spec.width})"
@@ -24,7 +34,8 @@ def _network_line(info: ModelInfo) -> str:
     if lineage.weights_source == "none":
         start = "trained from random initial weights"
     else:
-        start = f"initial weights from `{lineage.weights_source}` (sha256 `{lineage.weights_sha256}`)"
+        sha = f" (sha256 `{lineage.weights_sha256}`)" if lineage.weights_sha256 else ""
+        start = f"initial weights from `{lineage.weights_source}`{sha}"
     return f"{name}{resize}; {start}; {info.epochs_trained} epochs."
 
 
@@ -98,7 +109,7 @@ def write_model_card(
     for name, v in variants.items():
         lines.append(
             f"| {name} | `{_file_of(name)}` | {_pct(v['accuracy'])} | {_pct(v['f1_macro'])} | "
-            f"{v['bytes'] / 1024:.0f} KiB | {v['macs'] or '–'} | {v['batch1_p50_ms']:.3f} ms | "
+            f"{v['bytes'] / 1024:.0f} KiB | {humanize(v['macs'])} | {v['batch1_p50_ms']:.3f} ms | "
             f"{v['batch1_p95_ms']:.3f} ms | {v[tput]:.0f} |"
         )
     if "onnx_int8" in variants:
