@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.sandbox import commit, make_project, sh, write_params
+from tests.sandbox import commit, make_project, project_env, sh, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +97,20 @@ def test_study_runs_trials_as_experiments_records_their_metrics_and_resumes(tmp_
         assert (repo / "reports/tune" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert "Pareto front" in out.stdout and "trial 0" in out.stdout and "trial 1" in out.stdout, out.stdout
     assert (repo / "params.yaml").read_bytes() == params_before  # the workspace is left as it was
+
+    # `lab2prod runs`: one row per run, the one setting that differs as its only settings column, within 100 columns
+    table = sh(repo, sys.executable, "-m", "lab2prod.cli.main", "runs", env=project_env(repo, COLUMNS="100")).stdout
+    assert max(len(line) for line in table.splitlines()) <= 100, table
+    header = table.split("┡")[0]
+    assert "width" in header and "lr" not in header.split() and "epochs" not in header, table
+    for name, exp in exps.items():
+        row = next(line for line in table.splitlines() if name in line)
+        assert f"{100 * exp['metrics']['val']['acc']:.2f} %" in row, (row, exp["metrics"])
+    compared = sh(
+        repo, sys.executable, "-m", "lab2prod.cli.main", "runs", "--compare", "lab2prod-t0", "--compare", "lab2prod-t1",
+        env=project_env(repo, COLUMNS="120"),
+    ).stdout  # fmt: skip
+    assert "train.width" in compared and "train.lr" not in compared, compared
 
     # A trial left RUNNING by a process that was killed: it must neither block nor count as finished.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -20,6 +20,7 @@ from lab2prod.cli.prefect import app as prefect_app
 from lab2prod.cli.prefect import server_url, use_prefect
 from lab2prod.cli.registry import app as registry_app
 from lab2prod.cli.registry import registry_location
+from lab2prod.cli.runs import runs
 from lab2prod.cli.tune import tune
 from lab2prod.core.console import stage_entry
 from lab2prod.core.dvc import WorkspaceSnapshot, dvc_command, dvc_env
@@ -41,6 +42,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(prefect_app, name="prefect")
 app.add_typer(feedback_app, name="feedback")
 app.command("tune")(tune)
+app.command("runs")(runs)
 
 
 @app.command()

@@ -1,0 +1,64 @@
+"""`lab2prod runs`: the runs DVC keeps, side by side on what differs (lab2prod/core/experiments.py reads them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lab2prod.core.console import stage_entry
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{100 * value:.2f} %" if 0 <= value <= 1 else f"{value:.4g}"
+    return str(value)
+
+
+@stage_entry
+def runs(
+    compare: Annotated[
+        list[str] | None,
+        typer.Option("--compare", help="Two runs (names or revs) side by side on what differs between them."),
+    ] = None,
+) -> None:
+    """The workspace, its commit and every experiment (`lab2prod run -S`, `lab2prod tune`): only the settings
+    that differ between them, and the headline figures (validation and test accuracy, macro F1, whether the model
+    beats its baseline, the served file and its batch-1 latency). `dvc exp apply NAME` brings one back."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lab2prod.core.errors import ConfigError
+    from lab2prod.core.experiments import HEADLINE, differing_params, find, read_runs
+
+    found = read_runs(Path.cwd())
+    console = Console()
+    if compare:
+        if len(compare) != 2:
+            raise ConfigError(f"--compare takes two runs, got {len(compare)}: `--compare NAME --compare NAME`")
+        a, b = (find(found, name) for name in compare)
+        table = Table("setting or figure", a.name, b.name, title=f"{a.name} vs {b.name}")
+        for key in differing_params([a, b]):
+            table.add_row(key, _cell(a.params.get(key)), _cell(b.params.get(key)))
+        for key in sorted(a.metrics.keys() | b.metrics.keys()):
+            x, y = a.metrics.get(key), b.metrics.get(key)
+            if x != y and isinstance(x if x is not None else y, int | float):
+                table.add_row(key.replace("metrics/", ""), _cell(x), _cell(y), style="cyan")
+        console.print(table if table.row_count else f"{a.name} and {b.name}: the same settings and figures")
+        return
+    keys = differing_params(found)
+    table = Table("run", *[k.split(".", 1)[-1] for k in keys], *[h[0] for h in HEADLINE], "served", "p50 ms")
+    for run in found:
+        cells = [_cell(run.params.get(k)) for k in keys]
+        cells += [_cell(run.metrics.get(f"{path}:{key}")) for _, path, key in HEADLINE]
+        latency = f"{run.latency_ms:.3f}" if run.latency_ms is not None else "–"
+        label = run.name if run.name == "workspace" or run.rev in run.name else f"{run.name} ({run.rev})"
+        table.add_row(label, *cells, (run.served or "–").removeprefix("onnx_"), latency)
+    console.print(table)
+    if not keys:
+        console.print("no setting differs between these runs")
