@@ -12,6 +12,7 @@ Writes (the directory is replaced atomically):
     artifacts/export/model.onnx            FP32; input "pixels": float32 (batch, C, H, W) = pixel / 255
     artifacts/export/model_<variant>.onnx  accepted compressed variants (pruned, sparse, student, int8)
     artifacts/export/model_card.md         intended use, data, metrics, variants, speed, lineage, limits
+    artifacts/export/results.png, report.html   the run in one picture (models/export/report.py)
     metrics/export.json                    parity / agreement per file
     metrics/benchmark.json                 latency p50/p95, throughput, size, accuracy per variant, CPU
 """
@@ -27,11 +28,9 @@ from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.core.records import CompressReport
 from lab2prod.core.settings import Params, load_params
 from lab2prod.data.dataset import SplitBatches, pixels_input
-from lab2prod.monitor import drift
-from lab2prod.serve.runtime import variant_file
-from models.export.checks import drift_reference, export_checked, export_variant
+from models.export.checks import export_checked, export_variant
 from models.export.machine import cpu_features
-from models.export.model_card import write_model_card
+from models.export.report import describe
 from models.export.speed import SINGLES, measure, onnx_runner, torch_runner
 from models.nets.model_file import load_model_file
 from models.text.export import export_text
@@ -95,9 +94,8 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
         benchmark["fastest"] = default  # a model that does not beat the baseline is no deployable default
         benchmark["deployable_default"] = default if verdict["passed"] else None
         benchmark["not_deployable"] = None if verdict["passed"] else verdict["line"]
-        write_json(tmp / drift.REFERENCE_FILE, drift_reference(tmp / variant_file(default), x_test, info.classes))
         benchmark["rejected"] = {**(compress.rejected if compress else {}), **missed}
-        write_model_card(tmp / "model_card.md", info, params, evaluate, benchmark, read_json(ws.prepared / "meta.json"))
+        describe(tmp, ws, info, params, evaluate, benchmark, x_test)  # drift reference, card, results.png, html
 
     write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})
     write_json(ws.benchmark, benchmark)

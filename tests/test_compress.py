@@ -4,6 +4,7 @@ and ships as a checked ONNX file only when accepted."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import nn
 from lab2prod.core.errors import DataError
 from lab2prod.core.records import CompressReport, VariantResult
 from lab2prod.core.settings import validate_params
+from lab2prod.serve.runtime import variant_file
 from models.compress.compression import judge
 from models.compress.variants import finetune
 from models.nets.model_file import load_model_file
@@ -108,7 +110,20 @@ def test_export_ships_each_accepted_variant_checked_and_benchmarked(tiny_run: di
     assert "Deployable default" in card and "## Lineage" in card and "onnx_int8" in card
     fp32_macs = json.loads(tiny_run["compress_metrics"].read_text())["fp32"]["macs"]
     assert f"| {fp32_macs / 1e3:.1f} k |" in card or f"| {fp32_macs / 1e6:.1f} M |" in card  # read at a glance
-    assert "sha256 `None`" not in card
+    assert "sha256 `None`" not in card and "results.png" in card
+
+    # the run in one picture and one offline page; its "most confident mistakes" are mistakes of the served file,
+    # as a bare ONNX Runtime session scores it
+    assert (tiny_run["export"] / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tiny_run["export"] / "report.html").read_text()
+    assert "data:image/png;base64," in page and not re.search(r"(src|href)=\"https?://", page)
+    served = tiny_run["export"] / variant_file(bench["fastest"])
+    labels, predicted = bare_onnx_predictions(served, tiny_run["prepared"])
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td>", page.split('id="mistakes"')[1])
+    assert len(rows) == min(8, int((labels != predicted).sum()))
+    for position, true, guess in rows:
+        i = int(position)
+        assert predicted[i] != labels[i] and (str(labels[i]), str(predicted[i])) == (true, guess)
 
 
 TINY_ATOL = validate_params(TINY).export.atol

@@ -123,6 +123,9 @@ def write_model_card(
         lines += [f"- {name}: {reason}" for name, reason in benchmark["rejected"].items()]
     lines += [
         "",
+        "The run in one picture: [results.png](results.png) (training curves, test confusion, the served file's most "
+        "confident mistakes, latency against accuracy of every file); as an offline page: [report.html](report.html).",
+        "",
         "## Lineage",
         *(f"- {k}: `{v}`" for k, v in info.lineage.model_dump().items()),
         "",
