@@ -143,44 +143,18 @@ def test_predict_classifies_text_files_and_texts_given_on_the_command_line(text_
 
 
 def test_the_server_answers_json_texts_with_the_text_model_and_logs_their_length(text_run, tmp_path) -> None:
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
     from lab2prod.serve.predict import Classifier
+    from tests.conftest import serving
 
     ws = text_run["ws"]
     onnx_file = str(ws.exported / "model.onnx")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "lab2prod.cli.main", "serve", "--model", onnx_file, "--port", str(port)]
-    cmd += ["-S", f"serve.log_dir={tmp_path / 'logs'}", "-S", "serve.max_images=4"]
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     texts, _ = read_texts(ws.prepared, "test")
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                assert proc.poll() is None, (tmp_path / "server.log").read_text()
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            answer = client.post("/predict", json={"texts": texts[:3]})
-            as_image = client.post("/predict", content=b"\x89PNG", headers={"content-type": "image/png"})
-            too_many = client.post("/predict", json={"texts": texts[:5]})
-            empty = client.post("/predict", json={"texts": ["fine", "  "]})
-            info = client.get("/model").json()
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with serving(Path(onnx_file), tmp_path, {"log_dir": tmp_path / "logs", "max_images": 4}) as client:
+        answer = client.post("/predict", json={"texts": texts[:3]})
+        as_image = client.post("/predict", content=b"\x89PNG", headers={"content-type": "image/png"})
+        too_many = client.post("/predict", json={"texts": texts[:5]})
+        empty = client.post("/predict", json={"texts": ["fine", "  "]})
+        info = client.get("/model").json()
     assert answer.status_code == 200, answer.text
     model = Classifier.load(onnx_file)
     expected = [model.classes[k] for k in model.predict(texts[:3]).argmax(1)]
