@@ -45,7 +45,7 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     text = read_json(ws.prepared / "meta.json").get("modality") == "text"
     with atomic_dir(ws.compressed) as tmp, tempfile.TemporaryDirectory() as scratch:
         if text:  # models/text/compress.py: dynamic INT8 of the ONNX file
-            report = compress_text(params, ws.model, ws.prepared, tmp)
+            report = compress_text(params, ws, tmp)
         else:
             teacher, info = load_model_file(ws.model)
             builder = VariantBuilder(params, ws, teacher, info, tmp, Path(scratch))

@@ -203,6 +203,16 @@ def test_a_pretrained_encoder_fine_tunes_and_exports_with_a_dynamic_int8_variant
     assert agreement == pytest.approx(report["top1_agreement_with_fp32"], abs=1 / len(texts))
     assert "onnx_int8" in json.loads(ws.benchmark.read_text())["variants"]
 
+    # the student: the same encoder with half its layers (embeddings are most of MiniLM's weights), distilled,
+    # exported and served like the others
+    student_report = json.loads(ws.compress_metrics.read_text())["variants"]["student"]
+    student = Classifier.load(str(ws.exported / "model_student.onnx"))
+    assert student_report["accepted"] and student.variant == "student"
+    assert student_report["params"] < 0.8 * json.loads(ws.compress_metrics.read_text())["fp32"]["params"]
+    assert (ws.exported / "model_student.onnx").stat().st_size < 0.8 * (ws.exported / "model.onnx").stat().st_size
+    assert accuracy_score(labels, student.predict(texts).argmax(1)) == pytest.approx(student_report["accuracy"])
+    assert "onnx_student" in json.loads(ws.benchmark.read_text())["variants"]
+
 
 def test_a_text_model_warm_starts_from_the_champion_with_its_tokenizer_and_weights(
     text_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -1,7 +1,8 @@
 """Compressing a text model: ONNX Runtime dynamic INT8 of its FP32 ONNX file (graph optimised first: shape
 inference and ORT's fusions, then INT8 weights with activations quantized per batch), scored on the test split
-and judged like the image variants (models/compress/compression.py `judge`). Static INT8 and distillation of
-text models are not built yet (a log line says so when int8.mode is static).
+and judged like the image variants (models/compress/compression.py `judge`); an encoder's `student`: the same
+encoder with half its layers, distilled from it (models/text/distill.py). Static INT8 is not built for text yet
+(a log line says so when int8.mode is static).
 
 Dynamic, not static, for text: static quantization of a transformer encoder calibrates LayerNorm, GELU and
 residual activations to 8 bits and loses much of its accuracy unless those nodes are excluded."""
@@ -16,13 +17,16 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
+from lab2prod.core.layout import Workspace
 from lab2prod.core.records import CompressReport, VariantResult
 from lab2prod.core.settings import Params
 from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
 from models.compress.compression import judge, quantize_int8
+from models.compress.variants import failed_variant
+from models.text.distill import distill_text
 from models.text.export import onnx_text_logits, to_text_onnx
-from models.text.model_file import load_text_model
+from models.text.model_file import TextModelInfo, load_text_model, save_text_model
 from models.text.scoring import text_logits
 
 log = logging.getLogger("models.text.compress")
@@ -33,9 +37,10 @@ def _linear_macs(net: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in net.modules() if isinstance(m, nn.Linear))
 
 
-def compress_text(params: Params, model: Path, prepared: Path, out_dir: Path) -> CompressReport:
-    """metrics/compress.json's record for a text model; the accepted INT8 file in `out_dir/int8.onnx`."""
-    cfg = params.compress
+def compress_text(params: Params, ws: Workspace, out_dir: Path) -> CompressReport:
+    """metrics/compress.json's record for a text model; the accepted files (`int8.onnx`, `student.pt`) in
+    `out_dir`."""
+    cfg, model, prepared = params.compress, ws.model, ws.prepared
     net, info = load_text_model(model)
     texts, y_true = read_texts(prepared, "test")
     encoder = TextEncoder(info.tokenizer, info.max_length)
@@ -77,5 +82,43 @@ def compress_text(params: Params, model: Path, prepared: Path, out_dir: Path) ->
         if not variants["int8"].accepted:
             target.unlink()
             variants["int8"] = variants["int8"].model_copy(update={"file": None})
+    if cfg.distill.enabled and info.spec.architecture == "encoder":
+        variants["student"] = _student(params, ws, net, info, encoder, texts, y_true, fp32, out_dir)
     thresholds = {"max_accuracy_drop_points": cfg.max_accuracy_drop, "max_f1_drop_points": cfg.max_f1_drop}
     return CompressReport(fp32=fp32, variants=variants, thresholds=thresholds)
+
+
+def _student(
+    params: Params,
+    ws: Workspace,
+    net: nn.Module,
+    info: TextModelInfo,
+    encoder: TextEncoder,
+    texts: list[str],
+    y_true: np.ndarray,
+    fp32: VariantResult,
+    out_dir: Path,
+) -> VariantResult:
+    """The shallower encoder distilled from `net` (models/text/distill.py), scored and judged; a failure is a
+    rejection with its reason, never a failed stage."""
+    try:
+        student, student_info = distill_text(params, ws, net, info)
+    except Exception as exc:  # any library failure inside the distillation: reported, the other variants go on
+        log.warning("compress: text student failed: %s", exc)
+        return failed_variant(f"{type(exc).__name__}: {exc}")
+    target = out_dir / "student.pt"
+    save_text_model(target, student, student_info)
+    y = text_logits(student, encoder, texts).argmax(1)
+    result = VariantResult(
+        accuracy=float(accuracy_score(y_true, y)),
+        f1_macro=float(f1_score(y_true, y, average="macro")),
+        macs=_linear_macs(student),
+        params=sum(p.numel() for p in student.parameters()),
+        file=target.name,
+        bytes=target.stat().st_size,
+    )
+    judged = judge(result, fp32, params.compress)
+    if not judged.accepted:
+        target.unlink()
+        judged = judged.model_copy(update={"file": None})
+    return judged

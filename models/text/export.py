@@ -147,6 +147,23 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
                 records["int8"] = {"file": target.name, "test_top1_agreement_with_fp32": agree}
                 records["int8"]["onnx_bytes"] = target.stat().st_size
                 runners["onnx_int8"] = onnx_runner(target)
+        if "student" in accepted:  # the distilled shallower encoder: its own ONNX file, checked as FP32 is
+            student, student_info = load_text_model(ws.compressed / "student.pt")
+            target = tmp / "model_student.onnx"
+            to_text_onnx(student, target, cfg.opset)
+            add_text_metadata(target, student_info, "student")
+            onnx.checker.check_model(str(target), full_check=True)
+            longest = encoder([texts[i] for i in order[: max(cfg.parity_batch_sizes)]])
+            try:
+                student_diffs = text_parity(student, target, longest, params)
+            except ParityError as exc:
+                rejected["student"] = f"export parity: {exc}"
+                target.unlink()
+            else:
+                records["student"] = {"file": target.name, "max_abs_logit_diff": student_diffs}
+                records["student"]["onnx_bytes"] = target.stat().st_size
+                runners["onnx_student"] = onnx_runner(target)
+                served_logits["onnx_student"] = onnx_text_logits(target, encoder, texts)
         x = bench_inputs(encoder, texts, max(cfg.benchmark_batch, 16))
         budget = cfg.benchmark_seconds
         speed = measure(
@@ -157,9 +174,10 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
         scores = {k: evaluate.get(k) for k in ("accuracy", "f1_macro")}
         benchmark = {"machine": cpu_features(), "input_tokens": BENCH_TOKENS, "variants": {}}
         for name, figures in speed.items():
-            scored = accepted["int8"].model_dump() if name == "onnx_int8" else scores
-            picked = {k: scored.get(k) for k in ("accuracy", "f1_macro")}
-            benchmark["variants"][name] = {**figures, "bytes": sizes[name], "params": params_n, **picked}
+            variant = name.removeprefix("onnx_")
+            scored = accepted[variant].model_dump() if variant in accepted else {**scores, "params": params_n}
+            picked = {k: scored.get(k) for k in ("accuracy", "f1_macro", "params")}
+            benchmark["variants"][name] = {**figures, "bytes": sizes[name], **picked}
         fastest = min((n for n in speed if n.startswith("onnx_")), key=lambda n: speed[n]["batch1_p50_ms"])
         verdict = evaluate.get("verdict") or {"passed": True}
         benchmark |= {"fastest": fastest, "deployable_default": fastest if verdict["passed"] else None}
