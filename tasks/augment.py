@@ -26,9 +26,8 @@ from lab2prod.core.settings import AugmentConfig, load_params  # noqa: E402
 from lab2prod.data.dataset import SplitIndex  # noqa: E402
 from lab2prod.data.text import read_texts  # noqa: E402
 from models.text.preview import save_text_preview  # noqa: E402
-from models.training.augmentation import POLICY_FILE  # noqa: E402
+from models.training.augmentation import COPIES, POLICY_FILE  # noqa: E402
 from models.training.preview import save_preview, write_copies
-from models.training.training_data import COPIES  # noqa: E402
 
 log = logging.getLogger("tasks.augment")  # not __name__: that is __main__ under python -m
 

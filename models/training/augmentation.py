@@ -14,6 +14,7 @@ import torch
 
 from lab2prod.core.settings import AugmentConfig
 
+COPIES = "copies"  # data/augmented/<this>/: the offline copies' shards (augment.offline_copies > 0)
 POLICY_FILE = "policy.json"
 BATCH = 2048  # images per call when writing offline copies: bounds peak memory
 

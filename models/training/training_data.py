@@ -11,10 +11,8 @@ from lab2prod.core.files import files_digest, read_json
 from lab2prod.core.layout import Workspace
 from lab2prod.core.settings import AugmentConfig, Params
 from lab2prod.data.dataset import SplitIndex
-from models.training.augmentation import POLICY_FILE, build_augmenter
+from models.training.augmentation import COPIES, POLICY_FILE, build_augmenter
 from models.training.data import ShardDataModule
-
-COPIES = "copies"
 
 
 def policy(ws: Workspace) -> dict:
