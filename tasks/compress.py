@@ -8,6 +8,9 @@ Variants (each switchable in params.yaml `compress`):
     int8     ONNX Runtime post-training quantization (static QDQ per-channel, calibrated on training
              images; or dynamic) of the FP32 ONNX model
     student  knowledge distillation into a narrower network (teacher = the trained model)
+    pruned_int8, student_int8   (`int8.stack`) the accepted pruned / student network quantized the same way:
+             kept when it agrees with that network's top-1 and passes the bars against FP32; export's
+             benchmark then serves whichever accepted file is fastest on the machine
 
 Each is scored on the test split (accuracy, macro F1, parameters, MACs, file size) and accepted only
 if it loses at most `max_accuracy_drop` / `max_f1_drop` points against FP32 (INT8 also needs
@@ -16,7 +19,7 @@ files are not kept, so export cannot ship them.
 
 Writes:
     artifacts/compress/{pruned,sparse,student}.pt   weights-only model files (accepted variants)
-    artifacts/compress/int8.onnx                     the quantized model (if accepted)
+    artifacts/compress/{int8,pruned_int8,student_int8}.onnx   the quantized models (if accepted)
     metrics/compress.json                            every variant's figures, verdict and reason
 """
 
@@ -57,10 +60,10 @@ def compress(params: Params, ws: Workspace = WORKSPACE) -> dict[str, Any]:
     for name, v in variants.items():
         verdict = "ACCEPTED" if v.accepted else f"REJECTED: {v.reason}"
         if v.accuracy_drop_points is None:  # failed to build: nothing to score
-            log.info("compress: %-7s %s", name, verdict)
+            log.info("compress: %-12s %s", name, verdict)
         else:
             log.info(
-                "compress: %-7s accuracy %.4f (drop %.2f pt), MACs %d, %d bytes; %s",
+                "compress: %-12s accuracy %.4f (drop %.2f pt), MACs %d, %d bytes; %s",
                 *(name, v.accuracy, v.accuracy_drop_points, v.macs, v.bytes, verdict),
             )
     return report.model_dump(mode="json", exclude_unset=True)

@@ -3,14 +3,15 @@
 Each ONNX file gets a dynamic batch axis, passes `onnx.checker` (full check) and must compute what its source
 computes: FP32-derived files (FP32, pruned, sparse, student) match their PyTorch model's logits within
 `export.atol + export.rtol x |logit|` and top-1 at each of `export.parity_batch_sizes`; the INT8 file must
-agree with FP32's top-1 on `compress.int8.min_top1_agreement` of the test split (quantization moves logits).
+agree with FP32's top-1 on `compress.int8.min_top1_agreement` of the test split (quantization moves logits),
+pruned_int8 / student_int8 with their pruned / student file's.
 Only variants compress accepted are exported; one that misses its check is rejected with the reason (FP32
 missing it fails the stage). Then PyTorch eager and every ONNX file are benchmarked side by side. Text models:
 models/text/export.py (input "input_ids", the tokenizer inside the file and beside it as tokenizer.json).
 
 Writes (the directory is replaced atomically):
     artifacts/export/model.onnx            FP32; input "pixels": float32 (batch, C, H, W) = pixel / 255
-    artifacts/export/model_<variant>.onnx  accepted compressed variants (pruned, sparse, student, int8)
+    artifacts/export/model_<variant>.onnx  accepted variants (pruned, sparse, student, int8, pruned_int8, student_int8)
     artifacts/export/model_card.md         intended use, data, metrics, variants, speed, lineage, limits
     artifacts/export/results.png, report.html   the run in one picture (models/export/report.py)
     metrics/export.json                    parity / agreement per file

@@ -28,7 +28,7 @@ from tasks.compress import compress
 from tasks.export import export
 from tests.conftest import TINY, bare_onnx_predictions
 
-VARIANTS = {"pruned", "sparse", "student", "int8"}
+VARIANTS = {"pruned", "sparse", "student", "int8", "pruned_int8", "student_int8"}  # int8.stack: on
 
 
 def variants(run: dict[str, Path]) -> dict:
@@ -46,8 +46,9 @@ def test_every_variant_is_built_and_its_reported_accuracy_is_what_its_file_score
         assert 0 <= v["accuracy"] <= 1 and v["bytes"] > 0 and v["macs"] > 0, name
     for name in ("pruned", "sparse", "student"):
         assert (tiny_run["compressed"] / f"{name}.pt").exists()
-    labels, predicted = bare_onnx_predictions(tiny_run["compressed"] / "int8.onnx", tiny_run["prepared"])
-    assert found["int8"]["accuracy"] == pytest.approx(accuracy_score(labels, predicted), abs=1e-9)
+    for name in ("int8", "pruned_int8", "student_int8"):
+        labels, predicted = bare_onnx_predictions(tiny_run["compressed"] / f"{name}.onnx", tiny_run["prepared"])
+        assert found[name]["accuracy"] == pytest.approx(accuracy_score(labels, predicted), abs=1e-9), name
 
 
 def test_structured_pruning_really_removes_channels(tiny_run: dict[str, Path]) -> None:
@@ -91,6 +92,29 @@ def test_int8_file_is_quantized_and_smaller(tiny_run: dict[str, Path]) -> None:
     ops = {node.op_type for node in onnx.load(str(tiny_run["compressed"] / "int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert 0 < v["top1_agreement_with_fp32"] <= 1
+
+
+def test_stacked_int8_files_quantize_the_pruned_and_student_networks(tiny_run: dict[str, Path]) -> None:
+    """pruned_int8 and student_int8 are those networks quantized: QDQ graphs with the parent's weight shapes, a
+    file smaller than the parent's exported ONNX file, a top-1 agreement with the parent's own ONNX file that a
+    bare ONNX Runtime run reproduces."""
+    found = variants(tiny_run)
+    for parent in ("pruned", "student"):
+        stacked = found[f"{parent}_int8"]
+        assert stacked["quantized_from"] == parent and stacked["macs"] == found[parent]["macs"]
+        graph = onnx.load(str(tiny_run["compressed"] / f"{parent}_int8.onnx")).graph
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
+        net, _ = load_model_file(tiny_run["compressed"] / f"{parent}.pt")
+        int8 = onnx.TensorProto.INT8  # the quantized conv kernels, stored as INT8
+        weights = {tuple(t.dims) for t in graph.initializer if len(t.dims) == 4 and t.data_type == int8}
+        assert weights == {tuple(m.weight.shape) for m in net.modules() if isinstance(m, nn.Conv2d)}
+        parent_onnx = tiny_run["export"] / f"model_{parent}.onnx"
+        assert stacked["bytes"] < parent_onnx.stat().st_size
+        labels, of_parent = bare_onnx_predictions(parent_onnx, tiny_run["prepared"])
+        _, of_stacked = bare_onnx_predictions(tiny_run["compressed"] / f"{parent}_int8.onnx", tiny_run["prepared"])
+        files = json.loads(tiny_run["export_metrics"].read_text())["files"]
+        agreement = files[f"{parent}_int8"]["test_top1_agreement_with_source"]
+        assert agreement == pytest.approx(float((of_parent == of_stacked).mean()), abs=1e-9)
 
 
 def test_export_ships_each_accepted_variant_checked_and_benchmarked(tiny_run: dict[str, Path]) -> None:

@@ -32,6 +32,7 @@ class Int8Config(Section):
     calibration_images: Annotated[int, Field(ge=8, le=100_000)] = 512
     per_channel: bool = True
     min_top1_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = 0.99
+    stack: bool = True  # also quantize each accepted pruned / student network (pruned_int8, student_int8)
 
 
 class DistillConfig(Section):

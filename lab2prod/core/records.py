@@ -26,7 +26,9 @@ class VariantResult(BaseModel):
     macs_target: float | None = None  # pruned
     sparsity: float | None = None  # sparse: share of conv/linear weights that are zero
     fp32_onnx_bytes: int | None = None  # int8
-    top1_agreement_with_fp32: float | None = None  # int8
+    top1_agreement_with_fp32: float | None = None  # int8: with the FP32 model; pruned_int8, student_int8: with
+    # the network they quantize (`quantized_from`), which is what quantization changed
+    quantized_from: str | None = None  # pruned_int8, student_int8: that network's variant name
     # the verdict (not on the FP32 reference)
     accuracy_drop_points: float | None = None
     f1_drop_points: float | None = None

@@ -34,8 +34,9 @@ def judge(variant: VariantResult, fp32: VariantResult, cfg: CompressConfig) -> V
         )
     agreement = variant.top1_agreement_with_fp32
     if agreement is not None and agreement < cfg.int8.min_top1_agreement:
+        reference = f"the {variant.quantized_from} network" if variant.quantized_from else "FP32"
         reasons.append(
-            f"top-1 agreement with FP32 {agreement:.4f} < compress.int8.min_top1_agreement = "
+            f"top-1 agreement with {reference} {agreement:.4f} < compress.int8.min_top1_agreement = "
             f"{cfg.int8.min_top1_agreement}"
         )
     verdict = {

@@ -9,6 +9,7 @@ with its reason, so one variant that cannot be built never fails the stage.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from lab2prod.serve.runtime import onnx_top1
 from models.compress.compression import judge, quantize_int8, structured_prune, unstructured_prune
 from models.export.onnx_export import to_onnx
 from models.nets.inputs import torch_top1
-from models.nets.model_file import ModelInfo, save_model_file
+from models.nets.model_file import ModelInfo, load_model_file, save_model_file
 from models.nets.networks import ModelSpec, count_macs_and_params
 from models.training.budget import share_of, training_budget
 from models.training.classifier import DistillationModule, ImageClassifier
@@ -102,6 +103,8 @@ class VariantBuilder:
         save_model_file(reference, teacher, info)
         self.fp32 = self.describe(teacher, reference).model_copy(update={"file": str(ws.model)})
         self.fp32_preds = torch_top1(teacher, self.x_test)
+        self.built: dict[str, VariantResult] = {}
+        self.calibration: torch.Tensor | None = None
 
     def describe(self, net: nn.Module, path: Path, **evidence: Any) -> VariantResult:
         macs, n_params = count_macs_and_params(net, self.info.image_shape)
@@ -157,40 +160,60 @@ class VariantBuilder:
         return self.describe(net, self.out / "student.pt")
 
     def int8(self) -> VariantResult:
+        log.info("compress: INT8 %s quantization with ONNX Runtime", self.cfg.int8.mode)
+        return self.quantized(self.teacher, "int8", self.fp32, self.fp32_preds)
+
+    def stacked(self, parent: str) -> VariantResult:
+        """`parent`'s network (pruned or student, accepted) quantized to INT8: the smallest and often the fastest
+        file; its agreement is with the parent's top-1, its scores are judged against FP32 like every variant's."""
+        log.info("compress: INT8 %s quantization of the %s network", self.cfg.int8.mode, parent)
+        net, _ = load_model_file(self.out / f"{parent}.pt")
+        result = self.quantized(net, f"{parent}_int8", self.built[parent], torch_top1(net, self.x_test))
+        return result.model_copy(update={"quantized_from": parent})
+
+    def quantized(self, net: nn.Module, name: str, source: VariantResult, source_preds: np.ndarray) -> VariantResult:
+        """`net` exported to ONNX and quantized into `<name>.onnx`, scored by ONNX Runtime on the test split."""
         q = self.cfg.int8
-        log.info("compress: INT8 %s quantization with ONNX Runtime", q.mode)
-        fp32_onnx = self.scratch / "fp32.onnx"
-        to_onnx(self.teacher, self.info.image_shape, fp32_onnx, self.params.export.opset)
-        train = SplitIndex.read(self.ws.prepared, "train")
-        pick = np.random.default_rng(self.cfg.seed).permutation(len(train))[: q.calibration_images]
-        calibration = torch.from_numpy(train.images(np.sort(pick)))
-        train.close()
-        quantize_int8(fp32_onnx, self.out / "int8.onnx", calibration, q)
-        preds = onnx_top1(self.out / "int8.onnx", self.x_test)
+        fp32_onnx = self.scratch / f"{name}_fp32.onnx"
+        to_onnx(net, self.info.image_shape, fp32_onnx, self.params.export.opset)
+        if self.calibration is None:  # the same training images calibrate every INT8 file
+            train = SplitIndex.read(self.ws.prepared, "train")
+            pick = np.random.default_rng(self.cfg.seed).permutation(len(train))[: q.calibration_images]
+            self.calibration = torch.from_numpy(train.images(np.sort(pick)))
+            train.close()
+        target = self.out / f"{name}.onnx"
+        quantize_int8(fp32_onnx, target, self.calibration, q)
+        preds = onnx_top1(target, self.x_test)
         return VariantResult(
             **scores(self.x_test.labels, preds, self.info.classes),
-            macs=self.fp32.macs,
-            params=self.fp32.params,
-            file=str(self.ws.compressed / "int8.onnx"),
-            bytes=(self.out / "int8.onnx").stat().st_size,
+            macs=source.macs,
+            params=source.params,
+            file=str(self.ws.compressed / target.name),
+            bytes=target.stat().st_size,
             fp32_onnx_bytes=fp32_onnx.stat().st_size,
-            top1_agreement_with_fp32=float((preds == self.fp32_preds).mean()),
+            top1_agreement_with_fp32=float((preds == source_preds).mean()),
         )
 
     def build_all(self) -> dict[str, VariantResult]:
-        """Every enabled variant, built, gated; a rejected one's file removed (export cannot ship it)."""
+        """Every enabled variant, built, gated; a rejected one's file removed (export cannot ship it). With
+        `int8.stack`, each accepted pruned / student network is then quantized too (`stacked`)."""
         c = self.cfg
         enabled = {"pruned": c.prune.enabled, "sparse": c.sparse.enabled, "student": c.distill.enabled}
         enabled["int8"] = c.int8.enabled
-        variants: dict[str, VariantResult] = {}
         for name in (n for n in ("pruned", "sparse", "student", "int8") if enabled[n]):
-            try:
-                variants[name] = judge(getattr(self, name)(), self.fp32, c)
-            except Exception as exc:  # one variant that cannot be built is rejected, never the whole stage
-                log.warning("compress: %s failed: %s: %s", name, type(exc).__name__, exc, exc_info=True)
-                variants[name] = failed_variant(f"{type(exc).__name__}: {exc}")
-            variant = variants[name]
-            if not variant.accepted and variant.file:
-                (self.out / Path(variant.file).name).unlink(missing_ok=True)
-                variants[name] = variant.model_copy(update={"file": None})
-        return variants
+            self.build(name, getattr(self, name))
+        if c.int8.enabled and c.int8.stack:
+            for parent in (p for p in ("pruned", "student") if p in self.built and self.built[p].accepted):
+                self.build(f"{parent}_int8", lambda parent=parent: self.stacked(parent))
+        return self.built
+
+    def build(self, name: str, make: Callable[[], VariantResult]) -> None:
+        try:
+            self.built[name] = judge(make(), self.fp32, self.cfg)
+        except Exception as exc:  # one variant that cannot be built is rejected, never the whole stage
+            log.warning("compress: %s failed: %s: %s", name, type(exc).__name__, exc, exc_info=True)
+            self.built[name] = failed_variant(f"{type(exc).__name__}: {exc}")
+        variant = self.built[name]
+        if not variant.accepted and variant.file:
+            (self.out / Path(variant.file).name).unlink(missing_ok=True)
+            self.built[name] = variant.model_copy(update={"file": None})

@@ -48,27 +48,41 @@ def export_checked(
 def export_variant(
     name: str, ws: Workspace, target: Path, fp32_onnx: Path, params: Params, x_test: SplitBatches
 ) -> dict[str, Any]:
-    """One accepted compressed variant as ONNX, checked: the INT8 file against FP32, the others against PyTorch."""
-    if name == "int8":
-        return export_int8(ws.compressed / "int8.onnx", target, fp32_onnx, load_model_file(ws.model)[1], params, x_test)
+    """One accepted compressed variant as ONNX, checked: an INT8 file against the ONNX file of the network it
+    quantizes (FP32's, or the pruned / student file exported just before it), the others against PyTorch."""
+    if name.endswith("int8"):
+        parent = name.removesuffix("_int8") if name != "int8" else None
+        reference = fp32_onnx.with_name(f"model_{parent}.onnx") if parent else fp32_onnx
+        if not reference.exists():
+            raise ParityError(f"{name}: the {parent} file it quantizes was not exported")
+        info = load_model_file(ws.compressed / f"{parent}.pt" if parent else ws.model)[1]
+        return export_int8(ws.compressed / f"{name}.onnx", target, reference, info, params, x_test, name)
     net, info = load_model_file(ws.compressed / f"{name}.pt")
     return export_checked(net, info, target, name, params, x_test)
 
 
 def export_int8(
-    source: Path, path: Path, fp32_onnx: Path, info: dict, params: Params, x_test: SplitBatches
+    source: Path,
+    path: Path,
+    reference: Path,
+    info: dict,
+    params: Params,
+    x_test: SplitBatches,
+    variant: str = "int8",
 ) -> dict[str, Any]:
-    """Check the compress stage's INT8 file and require top-1 agreement with the FP32 ONNX file."""
+    """Check the compress stage's INT8 file and require top-1 agreement with the ONNX file it quantizes."""
     shutil.copyfile(source, path)
-    add_metadata(path, info, "int8", params.ingest.resize)
+    add_metadata(path, info, variant, params.ingest.resize)
     onnx.checker.check_model(str(path), full_check=True)
-    agreement = float((onnx_top1(fp32_onnx, x_test) == onnx_top1(path, x_test)).mean())
+    agreement = float((onnx_top1(reference, x_test) == onnx_top1(path, x_test)).mean())
     needed = params.compress.int8.min_top1_agreement
     if agreement < needed:
         raise ParityError(
-            f"int8: top-1 agreement with FP32 {agreement:.4f} < compress.int8.min_top1_agreement = {needed}"
+            f"{variant}: top-1 agreement with {'FP32' if variant == 'int8' else reference.name} {agreement:.4f} < "
+            f"compress.int8.min_top1_agreement = {needed}"
         )
-    return {"file": path.name, "test_top1_agreement_with_fp32": agreement, "onnx_bytes": path.stat().st_size}
+    key = "test_top1_agreement_with_fp32" if variant == "int8" else "test_top1_agreement_with_source"
+    return {"file": path.name, key: agreement, "onnx_bytes": path.stat().st_size}
 
 
 def drift_reference(onnx_file: Path, x_test: SplitBatches, classes: list[str]) -> dict[str, Any]:
