@@ -109,6 +109,33 @@ def test_the_exported_text_model_scores_what_evaluate_reported_and_beats_chance(
     assert saved == model.encoder.tokenizer.get_vocab() and len(saved) > 100  # the file beside = the one inside
 
 
+def test_the_text_run_report_lists_mistakes_the_served_file_makes(text_run) -> None:
+    """results.png and report.html for a text run: each listed mistake is a test text the served file (run by
+    the server's own ONNX Runtime + tokenizers loader, no torch) gets wrong, its text and both labels shown."""
+    import html
+    import re
+
+    from lab2prod.serve.predict import Classifier
+    from lab2prod.serve.runtime import variant_file
+
+    ws = text_run["ws"]
+    assert (ws.exported / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (ws.exported / "report.html").read_text()
+    assert "data:image/png;base64," in page and not re.search(r"(src|href)=\"https?://", page)
+    served = json.loads(ws.benchmark.read_text())["fastest"]
+    model = Classifier.load(str(ws.exported / variant_file(served)))
+    texts, labels = read_texts(ws.prepared, "test")
+    predicted = model.predict(texts).argmax(1)
+    cells = r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td><td>[^<]+</td><td>([^<]*)</td>"
+    rows = re.findall(cells, page.split('id="mistakes"')[1])
+    assert len(rows) == min(8, int((predicted != labels).sum())) > 0
+    for position, true, guess, shown in rows:
+        i = int(position)
+        assert predicted[i] != labels[i] and (model.classes[labels[i]], model.classes[predicted[i]]) == (true, guess)
+        assert " ".join(texts[i].split())[:40] == html.unescape(shown)[:40]
+    assert "results.png" in (ws.exported / "model_card.md").read_text()
+
+
 def test_padding_does_not_change_a_texts_prediction(text_run) -> None:
     from lab2prod.serve.predict import Classifier
 

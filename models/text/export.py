@@ -27,6 +27,7 @@ from lab2prod.monitor import drift
 from lab2prod.serve.runtime import OUTPUT, session
 from models.export.machine import cpu_features
 from models.export.onnx_export import write_metadata
+from models.export.report import confident_mistakes, write_report
 from models.export.speed import measure, onnx_runner, torch_runner
 from models.text.model_file import TextModelInfo, load_text_model
 from models.text.scoring import text_logits
@@ -186,6 +187,9 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
         probs = np.exp(z - z.max(1, keepdims=True))
         reference = drift.text_reference(texts, probs / probs.sum(1, keepdims=True), encoder, info.classes)
         write_json(tmp / drift.REFERENCE_FILE, reference)
+        mistakes = confident_mistakes(z, np.asarray(labels))  # results.png, report.html: as an image run's
+        shown = [texts[m["position"]] for m in mistakes]
+        write_report(tmp, ws, fastest, info.classes, benchmark, verdict.get("line", ""), mistakes, texts=shown)
         write_text_card(tmp / "model_card.md", info, evaluate, benchmark, record)
     write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})
     write_json(ws.benchmark, benchmark)
@@ -228,6 +232,8 @@ def write_text_card(path: Path, info: TextModelInfo, evaluate: dict, benchmark: 
         f"- Latency, batch 1 p50 ({benchmark['input_tokens']} tokens): {speeds}",
         f"- Deployable default: {benchmark['deployable_default']}",
         *[f"- Rejected {name}: {why}" for name, why in benchmark["rejected"].items()],
+        "- The run in one picture: [results.png](results.png) (curves, confusion, the served file's most confident "
+        "mistakes, latency against accuracy), and as a page: [report.html](report.html)",
         f"- Lineage: dataset {info.lineage.dataset_hash[:12]}, commit {info.lineage.git_commit}",
         "",
     ]
