@@ -8,7 +8,7 @@ and changes only what its name says:
 - `plain cnn`: the first version's recipe: `small_cnn`, 5 epochs, no augmentation.
 - `epochs_30`: the default recipe with 30 epochs (the default until 2026-12-02).
 - `channels_last`, `compile`: the default recipe with `train.channels_last` / `train.compile` on.
-- `steps_*`, `batch_128`: other training lengths and batch sizes than the data-sized default.
+- `steps_*`, `batch_128`, `width_*`: other training lengths, batch sizes and network widths than the default.
 - `photo_augment`: random resized crops (35-100 % of the area) and mirroring, params.yaml's advice for photos.
 
     python -m benchmarks.recipe --seeds 3                                  # the embedded digits
@@ -65,6 +65,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "steps_2000": {"train.min_steps": 2000},
     "steps_500_lr01": {"train.min_steps": 500, "train.lr": 0.01},
     "batch_128": {"train.batch_size": 128},
+    "width_16": {"train.width": 16},  # a quarter of the default network's MACs
+    "width_24": {"train.width": 24},
     # params.yaml's suggestion for photos: random resized crops and mirroring
     "photo_augment": {"augment.crop_scale_min": 0.35, "augment.horizontal_flip": True},
     "channels_last": {"train.channels_last": True},
