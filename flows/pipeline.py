@@ -13,6 +13,7 @@ runs, applied to params.yaml (comments kept) and the finished run is saved as a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ import yaml
 from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.client.schemas.objects import TaskRun
+from prefect.exceptions import MissingContextError
 from prefect.states import State
 from ruamel.yaml import YAML
 
@@ -57,8 +59,12 @@ class StageFailed(RuntimeError):
 
 
 def run_dvc(project: Path, *args: str, log_prefix: str = "") -> tuple[int, list[str]]:
-    """Run a DVC command, streaming each line of its output to the run logger. Returns (rc, lines)."""
-    logger = get_run_logger()
+    """Run a DVC command, streaming each line of its output to the run logger (outside a flow run: this
+    module's logger). Returns (rc, lines)."""
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger("flows.pipeline")
     lines: list[str] = []
     # its own process group, which a watchdog stops if this process dies (even by SIGKILL): no orphan stage
     with process_group(
@@ -161,12 +167,25 @@ def reproduce_stage(project: Path, stage: str, remote_source: bool, force: bool 
     return {"stage": stage, "ran": ran, "seconds": round(time.perf_counter() - start, 2)}
 
 
+def push_until_in_sync(project: Path, attempts: int = 3) -> int:
+    """`dvc push`, then `dvc status --cloud` to check the remote really holds everything; push again while it
+    does not. Returns the pushes made. A push after one that was killed part-way has been seen (once, on a loaded
+    2-core machine, tests/test_faults.py) to report success and leave objects out: the check catches that."""
+    for attempt in range(1, attempts + 1):
+        rc, lines = run_dvc(project, "push", log_prefix="[push] ")
+        if rc != 0:
+            raise RuntimeError("dvc push failed:\n" + "\n".join(lines[-10:]))
+        rc, lines = run_dvc(project, "status", "--cloud", log_prefix="[push] ")
+        if rc == 0 and any("in sync" in line for line in lines):
+            return attempt
+        logging.getLogger("flows.pipeline").warning("dvc push: the remote still misses objects; pushing again")
+    raise RuntimeError(f"dvc push: the remote is still out of sync after {attempts} pushes:\n" + "\n".join(lines[-10:]))
+
+
 @task(retries=3, retry_delay_seconds=[5, 30, 120])
 def push_to_remote(project: Path) -> None:
-    """Send data and models to the default DVC remote (network I/O: worth retrying)."""
-    rc, lines = run_dvc(project, "push", log_prefix="[push] ")
-    if rc != 0:
-        raise RuntimeError("dvc push failed:\n" + "\n".join(lines[-10:]))
+    """Send data and models to the default DVC remote (network I/O: worth retrying), checked."""
+    push_until_in_sync(project)
 
 
 @task
