@@ -37,6 +37,18 @@ def _linear_macs(net: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in net.modules() if isinstance(m, nn.Linear))
 
 
+def _scored(net: nn.Module, y_true: np.ndarray, y_pred: np.ndarray, path: Path, file: str | None) -> VariantResult:
+    """A text network's record: its test scores, MACs and parameters, the size of its model file `path`."""
+    return VariantResult(
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        f1_macro=float(f1_score(y_true, y_pred, average="macro")),
+        macs=_linear_macs(net),
+        params=sum(p.numel() for p in net.parameters()),
+        file=file,
+        bytes=path.stat().st_size,
+    )
+
+
 def compress_text(params: Params, ws: Workspace, out_dir: Path) -> CompressReport:
     """metrics/compress.json's record for a text model; the accepted files (`int8.onnx`, `student.pt`) in
     `out_dir`."""
@@ -45,14 +57,7 @@ def compress_text(params: Params, ws: Workspace, out_dir: Path) -> CompressRepor
     texts, y_true = read_texts(prepared, "test")
     encoder = TextEncoder(info.tokenizer, info.max_length)
     y_fp32 = text_logits(net, encoder, texts).argmax(1)
-    fp32 = VariantResult(
-        accuracy=float(accuracy_score(y_true, y_fp32)),
-        f1_macro=float(f1_score(y_true, y_fp32, average="macro")),
-        macs=_linear_macs(net),
-        params=sum(p.numel() for p in net.parameters()),
-        file=None,
-        bytes=model.stat().st_size,
-    )
+    fp32 = _scored(net, y_true, y_fp32, model, file=None)
     variants: dict[str, VariantResult] = {}
     if cfg.int8.enabled:
         if cfg.int8.mode == "static":
@@ -108,15 +113,7 @@ def _student(
         return failed_variant(f"{type(exc).__name__}: {exc}")
     target = out_dir / "student.pt"
     save_text_model(target, student, student_info)
-    y = text_logits(student, encoder, texts).argmax(1)
-    result = VariantResult(
-        accuracy=float(accuracy_score(y_true, y)),
-        f1_macro=float(f1_score(y_true, y, average="macro")),
-        macs=_linear_macs(student),
-        params=sum(p.numel() for p in student.parameters()),
-        file=target.name,
-        bytes=target.stat().st_size,
-    )
+    result = _scored(student, y_true, text_logits(student, encoder, texts).argmax(1), target, file=target.name)
     judged = judge(result, fp32, params.compress)
     if not judged.accepted:
         target.unlink()

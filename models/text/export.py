@@ -124,7 +124,8 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
         onnx.checker.check_model(str(path), full_check=True)
         (tmp / "tokenizer.json").write_text(info.tokenizer)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # the longest first: parity at full length
-        diffs = text_parity(net, path, encoder([texts[i] for i in order[: max(cfg.parity_batch_sizes)]]), params)
+        longest = encoder([texts[i] for i in order[: max(cfg.parity_batch_sizes)]])  # every FP32-kind file's parity
+        diffs = text_parity(net, path, longest, params)
         onnx_logits = onnx_text_logits(path, encoder, texts)
         agreement = float((onnx_logits.argmax(1) == text_logits(net, encoder, texts).argmax(1)).mean())
         record = {"file": path.name, "max_abs_logit_diff": diffs, "atol": cfg.atol, "rtol": cfg.rtol}
@@ -154,7 +155,6 @@ def export_text(params: Params, ws: Workspace) -> dict[str, Any]:
             to_text_onnx(student, target, cfg.opset)
             add_text_metadata(target, student_info, "student")
             onnx.checker.check_model(str(target), full_check=True)
-            longest = encoder([texts[i] for i in order[: max(cfg.parity_batch_sizes)]])
             try:
                 student_diffs = text_parity(student, target, longest, params)
             except ParityError as exc:
