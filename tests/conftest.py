@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -53,6 +55,12 @@ TINY = {
     "monitor": {"min_feedback": 1_000_000},
 }
 
+
+# The tests of orchestration (DVC's semantics, Prefect runs, kills, schedules, tuning) need the whole DAG, not its
+# compressed variants: every variant off, so compress and export handle the FP32 model alone. tests/test_compress.py
+# (through tiny_run) covers every variant.
+OFF = {"enabled": False}
+FP32_ONLY = {"compress": {**TINY["compress"], "prune": OFF, "sparse": OFF, "int8": OFF, "distill": OFF}}
 
 # The modules that take longest (seconds of one xdist worker in a fresh-clone `make test`, longest first). `make
 # test` hands whole modules to two workers in collection order; starting the longest first (after the shuffle,
@@ -148,9 +156,24 @@ def image_folder(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One tiny pass of every stage, in DAG order, in a temp dir; returns the paths it wrote."""
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder `build` fills once per test session, whichever xdist worker asks first (the others wait for it,
+    then share it): what the session fixtures below build takes a minute, and each worker would build its own.
+    What is built here is read, never changed, by the tests."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the parent: this session's, all workers'
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _every_stage(params: Params, ws: Workspace) -> None:
+    """Every stage once, in DAG order, in-process."""
     from tasks.augment import augment
     from tasks.compress import compress
     from tasks.evaluate import evaluate
@@ -158,15 +181,19 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from tasks.ingest import ingest
     from tasks.train import train
 
-    d = tmp_path_factory.mktemp("run")
-    params = validate_params(TINY)
-    ws = Workspace.under(d)
     ingest(params.ingest, ws.prepared)
     augment(params.augment, ws)
     train(params, ws)
     evaluate(params.evaluate, ws)
     compress(params, ws)
     export(params, ws)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One tiny pass of every stage, in DAG order, in a temp dir; returns the paths it wrote."""
+    d = built_once(tmp_path_factory, "run", lambda d: _every_stage(validate_params(TINY), Workspace.under(d)))
+    ws = Workspace.under(d)
     return {
         "ws": ws,
         "prepared": ws.prepared,
@@ -205,25 +232,16 @@ def text_params(source: Path, **ingest: Any) -> Params:
 def text_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every stage once on a three-class text folder (40 texts a class, tests/text_corpus.py), in a temp
     workspace: the one text model the text, serving-loop and install tests share."""
-    from tasks.augment import augment
-    from tasks.compress import compress
-    from tasks.evaluate import evaluate
-    from tasks.export import export
-    from tasks.ingest import ingest
-    from tasks.train import train
     from tests.text_corpus import stdlib_texts, write_text_folder
 
-    d = tmp_path_factory.mktemp("text_run")
-    params = text_params(write_text_folder(d / "src", stdlib_texts(40)))
+    def build(d: Path) -> None:
+        _every_stage(text_params(write_text_folder(d / "src", stdlib_texts(40))), Workspace.under(d))
+
+    d = built_once(tmp_path_factory, "text_run", build)
     ws = Workspace.under(d)
-    ingest(params.ingest, ws.prepared)
-    augment(params.augment, ws)
-    summary = train(params, ws)
-    metrics = evaluate(params.evaluate, ws)
-    compress(params, ws)
-    export(params, ws)
-    onnx = ws.exported / "model.onnx"
-    return {"ws": ws, "train": summary, "metrics": metrics, "params": params, "onnx": onnx, "source": d / "src"}
+    metrics = json.loads(ws.evaluate_metrics.read_text())
+    params = text_params(d / "src")
+    return {"ws": ws, "metrics": metrics, "params": params, "onnx": ws.exported / "model.onnx", "source": d / "src"}
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import yaml
 
 from flows.pipeline import push_until_in_sync
 from lab2prod.registry.store import champion, champion_history, register, set_champion, verify, versions
-from tests.conftest import ROOT, TINY
+from tests.conftest import FP32_ONLY, ROOT, TINY
 from tests.sandbox import commit, make_project, project_env, sh, up_to_date, write_params
 
 LOOP = """
@@ -129,10 +129,7 @@ CHANGES = {
     "export": {"benchmark_calls": 30},
 }
 KILLED = ["ingest", "augment", "evaluate", "compress", "export"]
-LEAN = {
-    "train": {**TINY["train"], "epochs": 1},
-    "compress": {**TINY["compress"], "sparse": {"enabled": False}, "int8": {"enabled": False}},
-}
+LEAN = {"train": {**TINY["train"], "epochs": 1}, **FP32_ONLY}
 
 
 def _stage_process(parent: int, stage: str) -> Any:

@@ -16,15 +16,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import TINY
+from tests.conftest import FP32_ONLY
 from tests.sandbox import commit, make_project, project_env, sh, stages_run, up_to_date, write_params
 
 pytestmark = pytest.mark.slow
 
 
-# These tests are about DVC's semantics; two compressed variants instead of four keep each full run shorter
-# (tests/test_compress.py covers all four).
-LEAN = {"compress": {**TINY["compress"], "sparse": {"enabled": False}, "int8": {"enabled": False}}}
+# These tests are about DVC's semantics: the DAG with no compressed variant (tests/conftest.py: FP32_ONLY).
+LEAN = FP32_ONLY
 
 
 @pytest.fixture
@@ -122,7 +121,8 @@ def test_bad_params_stop_the_run_naming_the_key_and_leave_nothing(repo: Path) ->
 
 def test_broken_images_are_quarantined_through_the_pipeline(repo: Path, image_folder: Path) -> None:
     write_params(
-        repo, {"ingest": {"source": str(image_folder), "image_size": 16}, "export": {"parity_batch_sizes": [1, 3]}}
+        repo,
+        {**LEAN, "ingest": {"source": str(image_folder), "image_size": 16}, "export": {"parity_batch_sizes": [1, 3]}},
     )
     sh(repo, "dvc", "repro")
     meta = json.loads((repo / "data/prepared/meta.json").read_text())

@@ -119,7 +119,7 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, di
     # with the real settings must replace it, an outcome this test knows in advance and measures itself below.
     base = {
         "ingest": {"extra_sources": ["data/feedback"]},
-        "compress": {**LEAN["compress"], "prune": {"enabled": False}, "distill": {"enabled": False}},
+        "compress": LEAN["compress"],
     }
     write_params(repo, {**base, "train": {"lr": 1e-06}})
     commit(repo, "feedback inbox on, a first model that learns nothing")

@@ -19,6 +19,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.conftest import FP32_ONLY
 from tests.prefect_server import api, flow_runs, prefect_server
 from tests.sandbox import commit, make_project, project_env, write_params
 
@@ -27,8 +28,7 @@ pytestmark = pytest.mark.slow
 DEPLOYMENTS = ("scheduled-retrain", "drift-monitor")
 BUSY = ("PENDING", "RUNNING", "CANCELLING")
 # What is tested here is that the runs happen: the cheapest DAG that still trains, exports and registers.
-OFF = {"enabled": False}
-LEAN = {"train": {"epochs": 2}, "compress": {"sparse": OFF, "int8": OFF, "prune": OFF, "distill": OFF}}
+LEAN = {"train": {"epochs": 2}, **FP32_ONLY}
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import FP32_ONLY
 from tests.sandbox import commit, make_project, project_env, sh, write_params
 
 pytestmark = pytest.mark.slow
@@ -22,14 +23,9 @@ pytestmark = pytest.mark.slow
 # TINY, made cheaper still: no compressed variants, no baseline, a short benchmark (each trial runs train,
 # evaluate, compress and export once).
 FAST = {
+    **FP32_ONLY,
     "train": {"epochs": 2},
     "evaluate": {"baseline": "none"},
-    "compress": {
-        "prune": {"enabled": False},
-        "sparse": {"enabled": False},
-        "int8": {"enabled": False},
-        "distill": {"enabled": False},
-    },
     "export": {"benchmark_calls": 10, "benchmark_batch_calls": 5, "benchmark_seconds": 1},
 }
 SPACE = {"train.width": {"choices": [4, 8]}}  # TPE seeded 0 picks 8 then 4 (optuna 5.0)

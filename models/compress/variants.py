@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
@@ -31,10 +31,13 @@ from models.nets.inputs import torch_top1
 from models.nets.model_file import ModelInfo, load_model_file, save_model_file
 from models.nets.networks import ModelSpec, count_macs_and_params
 from models.training.budget import share_of, training_budget
-from models.training.classifier import DistillationModule, ImageClassifier
-from models.training.data import ShardDataModule
-from models.training.trainer import make_trainer
 from models.training.training_data import datamodule, n_training_images
+
+# Lightning (with torchmetrics, ~10 s to import on a 2-core machine) is imported by the builders that fine-tune,
+# not by the stage: compress with no variant that trains (or only INT8) starts in seconds.
+if TYPE_CHECKING:
+    from models.training.classifier import ImageClassifier
+    from models.training.data import ShardDataModule
 
 log = logging.getLogger("models.compress.variants")
 
@@ -49,6 +52,10 @@ def finetune(module: ImageClassifier, data: ShardDataModule, epochs: int, seed: 
 
     Seeded per call, so a variant's result does not depend on which other variants ran before it.
     """
+    import lightning as L
+
+    from models.training.trainer import make_trainer
+
     L.seed_everything(seed, workers=True, verbose=False)
     module.net.train()  # Lightning keeps modules in the mode it finds them; a pruned copy is in eval
     make_trainer(epochs, num_sanity_val_steps=0, enable_progress_bar=False).fit(module, datamodule=data)
@@ -91,8 +98,6 @@ class VariantBuilder:
         self.params, self.ws, self.teacher, self.info, self.out, self.scratch = params, ws, teacher, info, out, scratch
         self.cfg = params.compress
         self.x_test = SplitBatches(ws.prepared, "test")  # streamed from the shards at every scoring pass
-        batch = training_budget(params.train, n_training_images(ws)).batch_size  # the training run's batches
-        self.data = datamodule(params, ws, self.cfg.seed, batch)
         trained = max(1, info.epochs_trained or 10)  # files written before the count was kept: 10
         self.epochs = {  # each "auto" a share of the training run, so compress costs a fraction of it
             "pruned": share_of(self.cfg.prune.finetune_epochs, self.cfg.finetune_share, trained),
@@ -106,6 +111,12 @@ class VariantBuilder:
         self.built: dict[str, VariantResult] = {}
         self.calibration: torch.Tensor | None = None
 
+    @cached_property
+    def data(self) -> ShardDataModule:
+        """The training split as the fine-tuning builders read it, in the training run's batches."""
+        batch = training_budget(self.params.train, n_training_images(self.ws)).batch_size
+        return datamodule(self.params, self.ws, self.cfg.seed, batch)
+
     def describe(self, net: nn.Module, path: Path, **evidence: Any) -> VariantResult:
         macs, n_params = count_macs_and_params(net, self.info.image_shape)
         return VariantResult(
@@ -118,6 +129,8 @@ class VariantBuilder:
         )
 
     def _classifier(self, net: nn.Module, lr: float) -> ImageClassifier:
+        from models.training.classifier import ImageClassifier
+
         return ImageClassifier(net, len(self.info.classes), lr=lr, weight_decay=self.params.train.weight_decay)
 
     def pruned(self) -> VariantResult:
@@ -142,6 +155,10 @@ class VariantBuilder:
         return self.describe(net, self.out / "sparse.pt", sparsity=sparsity)
 
     def student(self) -> VariantResult:
+        import lightning as L
+
+        from models.training.classifier import DistillationModule
+
         d = self.cfg.distill
         spec = student_spec(self.info.spec, d, read_json(self.ws.prepared / "meta.json"))
         log.info("compress: distilling into a %s student for %d epochs", spec.architecture, self.epochs["student"])

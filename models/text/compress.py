@@ -24,7 +24,6 @@ from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
 from models.compress.compression import judge, quantize_int8
 from models.compress.variants import failed_variant
-from models.text.distill import distill_text
 from models.text.export import onnx_text_logits, to_text_onnx
 from models.text.model_file import TextModelInfo, load_text_model, save_text_model
 from models.text.scoring import text_logits
@@ -107,6 +106,8 @@ def _student(
     """The shallower encoder distilled from `net` (models/text/distill.py), scored and judged; a failure is a
     rejection with its reason, never a failed stage."""
     try:
+        from models.text.distill import distill_text  # Lightning: imported only when a student is trained
+
         student, student_info = distill_text(params, ws, net, info)
     except Exception as exc:  # any library failure inside the distillation: reported, the other variants go on
         log.warning("compress: text student failed: %s", exc)

@@ -5,6 +5,7 @@ and the augmentation policy augment wrote, applied online."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab2prod.core.errors import DataError
 from lab2prod.core.files import files_digest, read_json
@@ -12,7 +13,9 @@ from lab2prod.core.layout import Workspace
 from lab2prod.core.settings import AugmentConfig, Params
 from lab2prod.data.dataset import SplitIndex
 from models.training.augmentation import COPIES, POLICY_FILE, build_augmenter
-from models.training.data import ShardDataModule
+
+if TYPE_CHECKING:  # Lightning, imported where a data module is made: reading counts and policies needs none
+    from models.training.data import ShardDataModule
 
 
 def policy(ws: Workspace) -> dict:
@@ -41,6 +44,8 @@ def n_training_images(ws: Workspace) -> int:
 
 
 def datamodule(params: Params, ws: Workspace, seed: int, batch_size: int) -> ShardDataModule:
+    from models.training.data import ShardDataModule
+
     rules = policy(ws)
     augment = AugmentConfig.model_validate(rules["settings"])
     copies = ws.augmented / COPIES
