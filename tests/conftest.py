@@ -213,6 +213,36 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+# FP32_ONLY with the feedback inbox on, as by default: the settings of `lean_repo`'s first run.
+LEAN_INBOX = {**FP32_ONLY, "ingest": {"extra_sources": ["data/feedback"]}}
+
+
+@pytest.fixture(scope="session")
+def lean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sandbox project (a git + DVC repo of this checkout, tests/sandbox.py) on LEAN_INBOX settings, committed,
+    whose whole DAG `dvc repro` has then run once (not committed): built once per session. DVC's own output of
+    that run is in repro.out beside it. Read-only: tests take a copy (`lean_repo`)."""
+    from tests.sandbox import commit, make_project, sh, write_params
+
+    def build(d: Path) -> None:
+        repo = make_project(d / "project")
+        write_params(repo, LEAN_INBOX)
+        commit(repo, "lean compression")
+        (d / "repro.out").write_text(sh(repo, "dvc", "repro").stdout)
+
+    return built_once(tmp_path_factory, "lean_run", build)
+
+
+@pytest.fixture
+def lean_repo(lean_run: Path, tmp_path: Path) -> Path:
+    """A copy of `lean_run`'s project (its git history, DVC cache, outputs and dvc.lock) in this test's tmp_path:
+    a workspace where `dvc repro` has run once, for tests that need one to start from."""
+    repo = tmp_path / "project"
+    shutil.copytree(lean_run / "project", repo, symlinks=True)
+    shutil.rmtree(repo / ".dvc/tmp", ignore_errors=True)  # DVC's state and locks: they name lean_run's paths
+    return repo
+
+
 TEXT_TINY = {
     **TINY,
     "ingest": {"extra_sources": [], "min_images_per_class": 3},

@@ -19,8 +19,8 @@ import yaml
 
 from flows.pipeline import push_until_in_sync
 from lab2prod.registry.store import champion, champion_history, register, set_champion, verify, versions
-from tests.conftest import FP32_ONLY, ROOT, TINY
-from tests.sandbox import commit, make_project, project_env, sh, up_to_date, write_params
+from tests.conftest import LEAN_INBOX, ROOT, TINY
+from tests.sandbox import project_env, sh, up_to_date, write_params
 
 LOOP = """
 import sys, itertools
@@ -129,7 +129,6 @@ CHANGES = {
     "export": {"benchmark_calls": 30},
 }
 KILLED = ["ingest", "augment", "evaluate", "compress", "export"]
-LEAN = {"train": {**TINY["train"], "epochs": 1}, **FP32_ONLY}
 
 
 def _stage_process(parent: int, stage: str) -> Any:
@@ -145,12 +144,9 @@ def _stage_process(parent: int, stage: str) -> Any:
 
 
 @pytest.mark.slow
-def test_kill_9_during_each_stage_then_dvc_status_tells_the_truth_and_repro_completes(tmp_path: Path) -> None:
-    repo = make_project(tmp_path / "project")
-    write_params(repo, LEAN)
-    commit(repo, "lean")
-    sh(repo, "dvc", "repro")
-    write_params(repo, {**LEAN, **{k: {**LEAN.get(k, {}), **v} for k, v in CHANGES.items()}})
+def test_kill_9_during_each_stage_then_dvc_status_tells_the_truth_and_repro_completes(lean_repo: Path) -> None:
+    repo = lean_repo  # every stage has run once (tests/conftest.py)
+    write_params(repo, {**LEAN_INBOX, **{k: {**LEAN_INBOX.get(k, {}), **v} for k, v in CHANGES.items()}})
     for stage in KILLED:
         locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
         proc = subprocess.Popen(
