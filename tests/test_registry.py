@@ -13,17 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
 import torch
 import yaml
-from sklearn.metrics import recall_score
+from sklearn.metrics import f1_score, recall_score
 
 from lab2prod.core.errors import RegistryError
 from lab2prod.core.files import sha256_file as sha256
 from lab2prod.core.settings import validate_params
 from lab2prod.data.dataset import SplitIndex
 from lab2prod.data.splits import bucket
-from lab2prod.registry.gate import decide, export_problem
+from lab2prod.registry.gate import decide, export_problem, macro_f1_resampled
 from lab2prod.registry.promotion import decide_and_register
 from lab2prod.registry.store import (
     champion,
@@ -255,6 +256,18 @@ def test_gate_scores_both_models_only_on_images_neither_trained_on(tiny_run: dic
     assert "seed 999" in d.test_images["why"] and d.promote  # the same model ties on the images left
     too_few = decide(good, good, prepared, classes, cfg, champion_rule={"seed": 999, "val": 0.15, "test": 0.01})
     assert not too_few.promote and "too few to decide" in too_few.reason
+
+
+def test_the_bootstraps_macro_f1_is_scikit_learns_on_every_resample() -> None:
+    """The gate's vectorised macro F1 against scikit-learn's f1_score, resample by resample, class 3 of 4 never
+    seen nor predicted in some (scored 0, as zero_division=0 does)."""
+    rng = np.random.default_rng(0)
+    y_true = np.array([0, 0, 1, 1, 2, 2, 2, 3, 0, 1, 2, 1])
+    y_pred = np.array([0, 1, 1, 1, 2, 0, 2, 3, 0, 2, 2, 3])
+    idx = rng.integers(0, len(y_true), (200, len(y_true)))
+    expected = [f1_score(y_true[i], y_pred[i], labels=[0, 1, 2, 3], average="macro", zero_division=0) for i in idx]
+    assert np.allclose(macro_f1_resampled(y_true, y_pred, idx, 4), expected, rtol=0, atol=1e-12)
+    assert any(3 not in y_true[i] and 3 not in y_pred[i] for i in idx)  # the zero-division case did come up
 
 
 def test_gate_reports_a_bootstrap_interval_and_can_require_significance(

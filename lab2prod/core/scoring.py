@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -13,6 +12,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 
     Every class in `classes` is reported, also one absent from `y_true` (support 0, scores 0).
     """
+    # imported here: scikit-learn takes a second or more to import, and the flows, the registry and its CLI
+    # import this module at start-up whether or not they score anything
+    from sklearn.metrics import accuracy_score, classification_report
+
     report = classification_report(
         y_true, y_pred, labels=range(len(classes)), target_names=classes, output_dict=True, zero_division=0
     )

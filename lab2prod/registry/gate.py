@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from lab2prod.core.files import read_json
 from lab2prod.core.scoring import classification_metrics
@@ -60,20 +59,37 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[st
     }
 
 
+def macro_f1_resampled(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro F1 over classes 0..n_classes-1 (a class with no image and no prediction scores 0, as scikit-learn's
+    zero_division=0) of each resample: row r of `idx` (resamples, images) picks the images of resample r.
+    Per-class counts by one bincount each, so a thousand resamples take milliseconds, not seconds."""
+    t, p = y_true[idx], y_pred[idx]
+    offset = np.arange(idx.shape[0])[:, None] * n_classes
+    size = idx.shape[0] * n_classes
+
+    def per_class(keys: np.ndarray) -> np.ndarray:
+        return np.bincount(keys, minlength=size).reshape(idx.shape[0], n_classes)
+
+    hits = per_class((offset + t)[t == p])
+    total = per_class((offset + t).ravel()) + per_class((offset + p).ravel())  # 2 TP + FP + FN
+    f1 = np.divide(2 * hits, total, out=np.zeros(total.shape), where=total > 0)
+    return f1.mean(axis=1)
+
+
 def f1_gain_interval(
     y_true: np.ndarray, new: np.ndarray, old: np.ndarray, n_classes: int, samples: int, seed: int = 0
 ) -> tuple[float, float]:
     """95 % paired-bootstrap interval of the macro-F1 gain (new - old), in percentage points: both
-    models' predictions resampled together, image by image."""
+    models' predictions resampled together, image by image (in chunks of resamples: bounded memory)."""
     rng = np.random.default_rng(seed)
-    labels = list(range(n_classes))
+    chunk = max(1, min(samples, 2_000_000 // max(1, len(y_true))))
     gains = []
-    for _ in range(samples):
-        i = rng.integers(0, len(y_true), len(y_true))
-        a = f1_score(y_true[i], new[i], labels=labels, average="macro", zero_division=0)
-        b = f1_score(y_true[i], old[i], labels=labels, average="macro", zero_division=0)
-        gains.append(100 * (a - b))
-    lo, hi = np.percentile(gains, [2.5, 97.5])
+    for start in range(0, samples, chunk):
+        idx = rng.integers(0, len(y_true), (min(chunk, samples - start), len(y_true)))
+        gains.append(
+            100 * (macro_f1_resampled(y_true, new, idx, n_classes) - macro_f1_resampled(y_true, old, idx, n_classes))
+        )
+    lo, hi = np.percentile(np.concatenate(gains), [2.5, 97.5])
     return round(float(lo), 4), round(float(hi), 4)
 
 
