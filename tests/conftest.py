@@ -71,11 +71,15 @@ LONGEST_FIRST = [
     "test_pipeline",
     "test_prefect",
     "test_faults",
+    "test_tune",
     "test_schedules",
-    "test_pretrained",
     "test_text",
-    "test_install",
+    "test_pretrained",
     "test_registry",
+    "test_install",
+    "test_prefect_cli",
+    "test_data",
+    "test_budget",
     "test_serve",
 ]
 
@@ -213,20 +217,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-# FP32_ONLY with the feedback inbox on, as by default: the settings of `lean_repo`'s first run.
-LEAN_INBOX = {**FP32_ONLY, "ingest": {"extra_sources": ["data/feedback"]}}
+# The settings of `lean_repo`'s first run: FP32_ONLY, the feedback inbox on (as by default), and a learning rate
+# that learns nothing, so that any model trained with the real one is known to beat it (tests/test_retrain.py
+# starts from it as its first champion). A test that trains in a copy sets its own train settings.
+LEAN_RUN = {**FP32_ONLY, "ingest": {"extra_sources": ["data/feedback"]}, "train": {"lr": 1e-06}}
 
 
 @pytest.fixture(scope="session")
 def lean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A sandbox project (a git + DVC repo of this checkout, tests/sandbox.py) on LEAN_INBOX settings, committed,
+    """A sandbox project (a git + DVC repo of this checkout, tests/sandbox.py) on LEAN_RUN settings, committed,
     whose whole DAG `dvc repro` has then run once (not committed): built once per session. DVC's own output of
     that run is in repro.out beside it. Read-only: tests take a copy (`lean_repo`)."""
     from tests.sandbox import commit, make_project, sh, write_params
 
     def build(d: Path) -> None:
         repo = make_project(d / "project")
-        write_params(repo, LEAN_INBOX)
+        write_params(repo, LEAN_RUN)
         commit(repo, "lean compression")
         (d / "repro.out").write_text(sh(repo, "dvc", "repro").stdout)
 

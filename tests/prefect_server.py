@@ -117,15 +117,12 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         yield env
 
 
-@pytest.fixture
-def deployed(tmp_path: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A sandbox project with its deployments registered and a process worker polling for runs."""
-    repo = make_project(tmp_path / "project")
-    write_params(repo, LEAN)
-    commit(repo, "lean compression")
+@contextlib.contextmanager
+def deploy(repo: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """`repo`'s deployments registered on the server and a process worker polling for their runs."""
     env = project_env(repo, **prefect_env)
     sh(repo, "python", "-m", "flows.deploy", env=env)
-    log = (tmp_path / "worker.log").open("w")
+    log = (repo.parent / "worker.log").open("w")
     worker = subprocess.Popen(
         ["prefect", "worker", "start", "--pool", "lab2prod-process"],
         cwd=repo,
@@ -134,12 +131,33 @@ def deployed(tmp_path: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    yield repo, env
-    # One left running would take the next test's flow runs from the shared pool: its group (the worker and any
-    # flow run it started) is killed outright. A worker's graceful stop is tests/test_schedules.py's to test; asked
-    # politely here it sat out the whole grace period every time (15 s of each test).
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait(timeout=30)
+    try:
+        yield repo, env
+    finally:
+        # One left running would take the next test's flow runs from the shared pool: its group (the worker and
+        # any flow run it started) is killed outright. A worker's graceful stop is tests/test_schedules.py's to
+        # test; asked politely here it sat out the whole grace period every time (15 s of each test).
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def deployed(tmp_path: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A new sandbox project (nothing run yet) with its deployments registered and a process worker."""
+    repo = make_project(tmp_path / "project")
+    write_params(repo, LEAN)
+    commit(repo, "lean compression")
+    with deploy(repo, prefect_env) as deployment:
+        yield deployment
+
+
+@pytest.fixture
+def deployed_lean(lean_repo: Path, prefect_env: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """`lean_repo` (tests/conftest.py: the DAG has run once, not committed) committed, deployed, with a worker."""
+    commit(lean_repo, "first run")
+    with deploy(lean_repo, prefect_env) as deployment:
+        yield deployment
 
 
 def start_run(repo: Path, env: dict[str, str], *extra: str, deployment: str = RUN) -> str:

@@ -19,7 +19,7 @@ import yaml
 
 from flows.pipeline import push_until_in_sync
 from lab2prod.registry.store import champion, champion_history, register, set_champion, verify, versions
-from tests.conftest import LEAN_INBOX, ROOT, TINY
+from tests.conftest import LEAN_RUN, ROOT, TINY
 from tests.sandbox import project_env, sh, up_to_date, write_params
 
 LOOP = """
@@ -146,7 +146,7 @@ def _stage_process(parent: int, stage: str) -> Any:
 @pytest.mark.slow
 def test_kill_9_during_each_stage_then_dvc_status_tells_the_truth_and_repro_completes(lean_repo: Path) -> None:
     repo = lean_repo  # every stage has run once (tests/conftest.py)
-    write_params(repo, {**LEAN_INBOX, **{k: {**LEAN_INBOX.get(k, {}), **v} for k, v in CHANGES.items()}})
+    write_params(repo, {**LEAN_RUN, **{k: {**LEAN_RUN.get(k, {}), **v} for k, v in CHANGES.items()}})
     for stage in KILLED:
         locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
         proc = subprocess.Popen(

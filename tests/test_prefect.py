@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import LEAN_RUN
 from tests.prefect_server import (  # noqa: F401  (fixtures)
     LEAN,
     RETRAIN,
     RUN,
     deployed,
+    deployed_lean,
     logs,
     prefect_env,
     start_run,
@@ -26,11 +28,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_deployment_runs_complete_one_at_a_time_and_leave_what_dvc_repro_would(
-    deployed: tuple[Path, dict[str, str]],
+    deployed_lean: tuple[Path, dict[str, str]],
 ) -> None:
-    """Two runs started at once: both complete without interleaving (one runs the stages, the other finds
-    nothing to do) and leave what `dvc repro` would; then a run with overrides reruns only what they change."""
-    repo, env = deployed
+    """Two runs started at once after a change of training settings: both complete without interleaving (one
+    runs the stages that change, the other finds nothing to do) and leave what `dvc repro` would; then a run
+    with overrides reruns only what they change."""
+    repo, env = deployed_lean  # the DAG has run once there
+    write_params(repo, {**LEAN_RUN, "train": {"seed": 7}})
+    commit(repo, "another training seed")
     first, second = start_run(repo, env), start_run(repo, env)
     states = {wait_for(repo, env, first), wait_for(repo, env, second)}
     assert states == {"COMPLETED"}, logs(repo, env, first) + logs(repo, env, second)

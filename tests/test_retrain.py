@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import f1_score
 
-from tests.conftest import bare_onnx_predictions
+from tests.conftest import LEAN_RUN, bare_onnx_predictions
 from tests.prefect_server import (  # noqa: F401  (fixtures)
     LEAN,
     RETRAIN,
-    deployed,
+    deployed_lean,
     logs,
     prefect_env,
     start_run,
@@ -106,23 +107,23 @@ def kill_when_training(repo: Path, run_id: str, timeout: float = 300) -> None:
             proc.kill()
 
 
-def test_scheduled_retrain_promotes_only_a_better_model(deployed: tuple[Path, dict[str, str]]) -> None:
+def test_scheduled_retrain_promotes_only_a_better_model(deployed_lean: tuple[Path, dict[str, str]]) -> None:
     """The retraining lifecycle on one workspace: first champion, no new data, new data, a run cancelled and
     one killed mid-training, the worse challenger that resumes the killed run's training, a rollback by hand."""
     from lab2prod.registry.store import champion_model, manifest
 
-    repo, env = deployed
+    repo, env = deployed_lean  # the DAG has run once there: the first retraining reruns train and what follows
     registry = repo / "registry"
     # The served file is the FP32 model here (no pruned or distilled variant: with the tiny fixture's generous
     # gates the fastest file, the one served, could be any variant, however poor), and the first champion is
-    # trained to be bad on purpose (a learning rate that learns nothing): the challenger trained on more data
-    # with the real settings must replace it, an outcome this test knows in advance and measures itself below.
+    # lean_repo's model, trained to be bad on purpose (tests/conftest.py: LEAN_RUN, a learning rate that learns
+    # nothing): the challenger trained on more data with the real settings must replace it, an outcome this test
+    # knows in advance and measures itself below. The first run finds the DAG up to date and registers that model.
     base = {
         "ingest": {"extra_sources": ["data/feedback"]},
         "compress": LEAN["compress"],
     }
-    write_params(repo, {**base, "train": {"lr": 1e-06}})
-    commit(repo, "feedback inbox on, a first model that learns nothing")
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == LEAN_RUN["train"]["lr"]
 
     first = start_run(repo, env, deployment=RETRAIN)
     assert wait_for(repo, env, first) == "COMPLETED", logs(repo, env, first)
