@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from lab2prod.core.console import ParamsFile, run_stage
@@ -30,6 +29,7 @@ from models.text.model_file import save_text_model
 from models.text.training import TextRun
 from models.training.budget import training_budget
 from models.training.recipe import (
+    CurveLogger,
     build_classifier,
     checkpoint_to_resume,
     initial_network,
@@ -71,7 +71,7 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     overrides = {**linear_probe_strategy(cfg), **(trainer_overrides or {})}
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=budget.patience)
-    logger = DVCLiveLogger(dir=str(ws.train_metrics), save_dvc_exp=False, dvcyaml=None, resume=bool(resume_from))
+    logger = CurveLogger(dir=str(ws.train_metrics), save_dvc_exp=False, dvcyaml=None, resume=bool(resume_from))
     budget.log_to(logger.experiment)  # metrics/train/metrics.json: budget/epochs, budget/steps, ...
     trainer = make_trainer(
         budget.epochs,

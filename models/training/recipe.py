@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dvclive.lightning import DVCLiveLogger
 from torch import nn
 
 from lab2prod.core.errors import ConfigError
@@ -44,6 +45,17 @@ def checkpoint_to_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
     ckpt_dir.mkdir(parents=True)
     write_json(state_file, {"fingerprint": fingerprint, "complete": False})
     return None
+
+
+class CurveLogger(DVCLiveLogger):
+    """DVCLive's Lightning logger, with step 0 taken as a step. DVCLive's `log_metrics` reads `if step:` and logs
+    a step of 0 at the previous step + 1: with one optimizer step an epoch (a small data set), epoch 0's metrics
+    went to step 1 beside epoch 1's, the train curve ran 2, 1, 2, 3, and a resumed run could lose a row."""
+
+    def log_metrics(self, metrics: Any, step: int | None = None, sync: bool | None = False) -> None:
+        if step is not None:
+            self.experiment.step = step - 1  # DVCLive adds the 1 back when it is given no step
+        super().log_metrics(metrics, None, sync)
 
 
 def trim_curves(metrics_dir: Path, checkpoint: Path) -> None:
