@@ -15,7 +15,6 @@ from sklearn.metrics import f1_score
 
 from tests.conftest import LEAN_RUN, bare_onnx_predictions
 from tests.prefect_server import (  # noqa: F401  (fixtures)
-    LEAN,
     RETRAIN,
     deployed_lean,
     logs,
@@ -119,10 +118,7 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed_lean: tuple[Pat
     # lean_repo's model, trained to be bad on purpose (tests/conftest.py: LEAN_RUN, a learning rate that learns
     # nothing): the challenger trained on more data with the real settings must replace it, an outcome this test
     # knows in advance and measures itself below. The first run finds the DAG up to date and registers that model.
-    base = {
-        "ingest": {"extra_sources": ["data/feedback"]},
-        "compress": LEAN["compress"],
-    }
+    base = {section: settings for section, settings in LEAN_RUN.items() if section != "train"}  # the real lr
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == LEAN_RUN["train"]["lr"]
 
     first = start_run(repo, env, deployment=RETRAIN)

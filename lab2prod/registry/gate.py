@@ -70,8 +70,9 @@ def macro_f1_resampled(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray, 
     def per_class(keys: np.ndarray) -> np.ndarray:
         return np.bincount(keys, minlength=size).reshape(idx.shape[0], n_classes)
 
-    hits = per_class((offset + t)[t == p])
-    total = per_class((offset + t).ravel()) + per_class((offset + p).ravel())  # 2 TP + FP + FN
+    true_keys = offset + t
+    hits = per_class(true_keys[t == p])
+    total = per_class(true_keys.ravel()) + per_class((offset + p).ravel())  # 2 TP + FP + FN
     f1 = np.divide(2 * hits, total, out=np.zeros(total.shape), where=total > 0)
     return f1.mean(axis=1)
 
