@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
 
+from lab2prod.core.layout import WORKSPACE
+from lab2prod.registry.store import deployable_name
+
 METRIC_FILES = ("metrics/evaluate.json", "metrics/export.json", "metrics/train/metrics.json")
 HEADLINE = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "baseline.accuracy")
+# What a run leaves for people to open, relative to the project (the worker's absolute paths mean nothing in a
+# browser on another machine); the deployable ONNX file is added by name, it depends on the run.
 OUTPUTS = {
-    "ONNX model": "artifacts/export/model.onnx",
-    "weights-only PyTorch model": "artifacts/train/model.pt",
-    "confusion matrix": "plots/confusion_matrix.png",
-    "augmentation preview": "plots/augment_preview.png",
-    "evaluation metrics": "metrics/evaluate.json",
-    "quarantined files": "data/prepared/quarantine/report.json",
+    "model card": WORKSPACE.exported / "model_card.md",
+    "report (offline HTML)": WORKSPACE.exported / "report.html",
+    "results picture": WORKSPACE.exported / "results.png",
+    "weights-only PyTorch model": WORKSPACE.train_dir / "model.pt",
+    "confusion matrix": WORKSPACE.confusion_png,
+    "augmentation preview": WORKSPACE.augment_preview,
+    "evaluation metrics": WORKSPACE.evaluate_metrics,
+    "quarantined files": WORKSPACE.prepared / "quarantine/report.json",
 }
 
 
@@ -69,6 +77,24 @@ def diff_table(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
+def outputs_table(project: Path) -> list[str]:
+    """The run's files worth opening, relative to the project, the ONNX file it would serve first."""
+    deployable = WORKSPACE.exported / deployable_name(project / WORKSPACE.benchmark)
+    rows = {"deployable ONNX model (what the registry would serve)": deployable, **OUTPUTS}
+    lines = ["| output | where |", "|---|---|"]
+    return lines + [f"| {label} | `{rel.as_posix()}` |" for label, rel in rows.items() if (project / rel).exists()]
+
+
+def results_markdown(project: Path) -> str | None:
+    """export's results.png (curves, confusion, test images with their predictions, the variants) inlined as a
+    data URI, so the Prefect UI shows the picture itself; None where export has not written one."""
+    rel = WORKSPACE.exported / "results.png"
+    if not (project / rel).exists():
+        return None
+    data = base64.b64encode((project / rel).read_bytes()).decode()
+    return f"![results of this run](data:image/png;base64,{data})\n\n`{rel.as_posix()}`"
+
+
 def publish_run_report(
     project: Path,
     before: dict[str, float],
@@ -76,8 +102,8 @@ def publish_run_report(
     overrides: dict[str, Any],
     experiment: str | None,
 ) -> None:
-    """Three markdown artifacts on the flow run: metrics, metrics diff, stages and outputs."""
-    evaluate_file = project / "metrics/evaluate.json"
+    """Markdown artifacts on the flow run: metrics, metrics diff, the results picture, stages and outputs."""
+    evaluate_file = project / WORKSPACE.evaluate_metrics
     if evaluate_file.exists():
         create_markdown_artifact(
             key="lab2prod-metrics",
@@ -89,11 +115,12 @@ def publish_run_report(
         markdown=diff_table(before, metrics_snapshot(project)),
         description="Metrics versus the workspace before this run",
     )
+    if (picture := results_markdown(project)) is not None:
+        create_markdown_artifact(key="lab2prod-results", markdown=picture, description="How this run's model did")
     lines = ["| stage | ran | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {'yes' if s['ran'] else 'skipped (unchanged)'} | {s['seconds']} |" for s in stages]
     lines += ["", f"Settings overridden: `{json.dumps(overrides)}`" if overrides else "", ""]
     if experiment:
         lines += [f"DVC experiment: {experiment}", ""]
-    lines += ["| output | where |", "|---|---|"]
-    lines += [f"| {label} | `{project / rel}` |" for label, rel in OUTPUTS.items() if (project / rel).exists()]
+    lines += outputs_table(project)
     create_markdown_artifact(key="lab2prod-run", markdown="\n".join(lines), description="Stages and output files")

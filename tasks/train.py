@@ -28,6 +28,7 @@ from models.nets.model_file import Lineage, ModelInfo, save_model_file
 from models.text.model_file import save_text_model
 from models.text.training import TextRun
 from models.training.budget import training_budget
+from models.training.pruning import trial_pruning
 from models.training.recipe import (
     CurveLogger,
     build_classifier,
@@ -78,7 +79,7 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
         cfg.accelerator,
         cfg.devices,
         cfg.precision,
-        callbacks=[best, stop, EpochLog(log, "train"), *overrides.pop("callbacks", [])],
+        callbacks=[best, stop, EpochLog(log, "train"), *trial_pruning(), *overrides.pop("callbacks", [])],
         logger=logger,
         enable_checkpointing=True,
         log_every_n_steps=1,

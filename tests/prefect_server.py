@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,18 +82,26 @@ def prefect_server(home: Path, *, scheduler: bool, **extra: str) -> Iterator[dic
                 server.wait(timeout=30)
 
 
-def api(env: dict[str, str], path: str, body: dict | None = None) -> object:
-    """POST `body` (or GET) to the server's REST API; the decoded JSON answer."""
+RETRIED = {429, 502, 503}  # what Prefect's own client retries (PREFECT_CLIENT_RETRY_EXTRA_CODES adds more)
+
+
+def api(env: dict[str, str], path: str, body: dict | None = None, attempts: int = 6) -> object:
+    """POST `body` (or GET) to the server's REST API; the decoded JSON answer. Retried with backoff as Prefect's
+    client retries: a server busy with a flow run's writes to SQLite answers slowly or 503 (database locked)."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(env["PREFECT_API_URL"] + path, data=data, headers={"Content-Type": "application/json"})
-    for attempt in range(3):  # a server busy with a flow run's writes to SQLite can be slow to answer
+    for attempt in range(attempts):
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 raw = resp.read()
                 return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRIED or attempt == attempts - 1:
+                raise AssertionError(f"{path}: HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
         except TimeoutError:
-            if attempt == 2:
+            if attempt == attempts - 1:
                 raise
+        time.sleep(2**attempt)
     raise AssertionError("unreachable")
 
 
@@ -161,8 +170,19 @@ def deployed_lean(lean_repo: Path, prefect_env: dict[str, str]) -> Iterator[tupl
 
 
 def start_run(repo: Path, env: dict[str, str], *extra: str, deployment: str = RUN) -> str:
+    """`prefect deployment run <deployment> [--param k=v ...]`, as a user types it; the new flow run's id."""
     out = sh(repo, "prefect", "deployment", "run", deployment, *extra, env=env).stdout
     return re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+
+
+def create_run(env: dict[str, str], deployment: str = RUN, **parameters: object) -> str:
+    """What `start_run` does, over the REST API (the CLI's own call: POST /deployments/{id}/create_flow_run):
+    each CLI call imports Prefect, seconds of CPU taken from the runs being tested. The new flow run's id."""
+    found = api(env, "/deployments/name/" + deployment)
+    assert isinstance(found, dict), found
+    run = api(env, f"/deployments/{found['id']}/create_flow_run", {"parameters": parameters})
+    assert isinstance(run, dict), run
+    return run["id"]
 
 
 def wait_for(repo: Path, env: dict[str, str], run_id: str, timeout: float = 400) -> str:
@@ -181,9 +201,34 @@ def wait_for(repo: Path, env: dict[str, str], run_id: str, timeout: float = 400)
     raise AssertionError(f"flow run {run_id} not finished after {timeout} s")
 
 
-def logs(repo: Path, env: dict[str, str], run_id: str) -> str:
-    """One flow run's own log (a subflow's task logs are the subflow run's, not its parent's)."""
-    return sh(repo, "prefect", "flow-run", "logs", run_id, env=env).stdout
+def logs(repo: Path, env: dict[str, str], run_id: str, quiet_s: float = 10) -> str:
+    """One flow run's own log messages, one a line, oldest first: what `prefect flow-run logs` prints, read over the
+    REST API as that command reads it (a subflow's task logs are the subflow run's, not its parent's). A run's last
+    lines reach the server after its state does (its process sends them as it exits): read until its closing
+    "Finished in state" line is there, or nothing new came for `quiet_s` (a crashed or cancelled run has none)."""
+    text, changed = "", time.monotonic()
+    while True:
+        entries: list[dict] = []
+        while True:
+            body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+            page = api(env, "/logs/filter", {**body, "offset": len(entries)})
+            assert isinstance(page, list), page
+            entries += page
+            if len(page) < 200:
+                break
+        if "\n".join(e["message"] for e in entries) != text:
+            text, changed = "\n".join(e["message"] for e in entries), time.monotonic()
+        closed = any(e["task_run_id"] is None and e["message"].startswith("Finished in state") for e in entries)
+        if closed or time.monotonic() - changed > quiet_s:
+            return text
+        time.sleep(0.5)
+
+
+def artifact_texts(env: dict[str, str], key: str) -> list[str]:
+    """Every version of the artifact `key`, newest first: its markdown (what `prefect artifact inspect` shows)."""
+    found = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"})
+    assert isinstance(found, list), found
+    return [str(a["data"]) for a in found]
 
 
 def worker_log(repo: Path) -> str:

@@ -82,11 +82,11 @@ def test_small_data_gets_enough_optimizer_steps_to_learn(tmp_path: Path, image_f
     assert metrics["accuracy"] > max(0.6, metrics["verdict"]["chance_accuracy"])
 
 
-def test_with_one_step_an_epoch_every_curve_has_one_row_per_epoch_at_its_step(
+def test_with_one_step_an_epoch_every_curve_has_one_row_per_epoch_at_its_epoch(
     tmp_path: Path, image_folder: Path
 ) -> None:
-    """36 images and a batch larger than the train split: one optimizer step an epoch, so epoch k ends at step k.
-    DVCLive alone logged epoch 0 at step 1 beside epoch 1 (its `if step:` reads a step of 0 as none)."""
+    """36 images and a batch larger than the train split: one optimizer step an epoch. DVCLive alone logged epoch 0
+    at step 1 beside epoch 1 (its `if step:` reads a step of 0 as none); the curves' x is the epoch."""
     from tasks.augment import augment
     from tasks.ingest import ingest
     from tasks.train import train
@@ -101,8 +101,13 @@ def test_with_one_step_an_epoch_every_curve_has_one_row_per_epoch_at_its_step(
     assert summary["epochs"] == 4
     steps = torch.load(ws.train_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     assert steps == 4  # Lightning's own count: one step an epoch
-    curves = [t for t in (ws.train_metrics / "plots/metrics").rglob("*.tsv") if t.name != "epoch.tsv"]
-    assert {t.parent.name for t in curves} == {"train", "val"}
+    curves = list((ws.train_metrics / "plots/metrics").rglob("*.tsv"))
+    assert {t.relative_to(ws.train_metrics / "plots/metrics").as_posix() for t in curves} == {
+        "train/loss.tsv",
+        "train/acc.tsv",
+        "val/loss.tsv",
+        "val/acc.tsv",
+    }  # no curve of the epoch itself
     for tsv in curves:
         rows = [line.split("\t")[0] for line in tsv.read_text().splitlines()[1:]]
         assert rows == ["0", "1", "2", "3"], (tsv, rows)

@@ -173,6 +173,7 @@ def test_train_resumes_from_last_checkpoint(tmp_path: Path, run: dict[str, Path]
     assert not (out / "model.pt").exists() and (out / "checkpoints/last.ckpt").exists()
     second = train(params, ws)
     assert second["epochs"] == 3
-    val_steps = (tmp_path / "live/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
-    assert len(val_steps) == 3  # epoch 1 from the first run, 2 and 3 resumed: not 1 + 3
+    val_rows = (tmp_path / "live/plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
+    epochs = [row.split("\t")[0] for row in val_rows]
+    assert epochs == ["0", "1", "2"]  # epoch 0 from the first run, 1 and 2 resumed: not 0 + 0, 1, 2
     assert json.loads((out / "checkpoints/run.json").read_text())["complete"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,9 @@ from tests.prefect_server import (  # noqa: F401  (fixtures)
     LEAN,
     RETRAIN,
     RUN,
+    api,
+    artifact_texts,
+    create_run,
     deployed,
     deployed_lean,
     logs,
@@ -36,7 +40,7 @@ def test_deployment_runs_complete_one_at_a_time_and_leave_what_dvc_repro_would(
     repo, env = deployed_lean  # the DAG has run once there
     write_params(repo, {**LEAN_RUN, "train": {"seed": 7}})
     commit(repo, "another training seed")
-    first, second = start_run(repo, env), start_run(repo, env)
+    first, second = start_run(repo, env), create_run(env)  # the command users type, then its REST call
     states = {wait_for(repo, env, first), wait_for(repo, env, second)}
     assert states == {"COMPLETED"}, logs(repo, env, first) + logs(repo, env, second)
     assert up_to_date(repo)  # the flow and `dvc repro` are one DAG
@@ -46,8 +50,12 @@ def test_deployment_runs_complete_one_at_a_time_and_leave_what_dvc_repro_would(
     ran = ["Running stage 'train'" in text for text in texts]
     assert sorted(ran) == [False, True]  # they did not interleave
     assert "[train]" in texts[ran.index(True)]  # the stage's output is in the run log
-    artifacts = sh(repo, "prefect", "artifact", "ls", env=env).stdout
-    assert "lab2prod-metrics" in artifacts and "lab2prod-run" in artifacts
+    assert "| accuracy |" in artifact_texts(env, "lab2prod-metrics")[0]
+    run_page = artifact_texts(env, "lab2prod-run")[0]  # files by their place in the project, the served one first
+    assert str(repo) not in run_page and "`artifacts/export/model.onnx`" in run_page.split("| output |")[1]
+    picture = artifact_texts(env, "lab2prod-results")[0]  # export's results.png itself, inlined
+    png = base64.b64decode(picture.split("data:image/png;base64,")[1].split(")")[0])
+    assert png == (repo / "artifacts/export/results.png").read_bytes() and png.startswith(b"\x89PNG")
 
     # with overrides: validated, applied, and recorded as a DVC experiment
     commit(repo, "first run")
@@ -68,7 +76,7 @@ def test_deployment_runs_complete_one_at_a_time_and_leave_what_dvc_repro_would(
 def test_failing_stage_fails_the_flow_and_stops_downstream(deployed: tuple[Path, dict[str, str]]) -> None:
     repo, env = deployed
     params_before = (repo / "params.yaml").read_bytes()
-    run_id = start_run(repo, env, "--param", 'overrides={"ingest.source": "/no/such/images"}')
+    run_id = create_run(env, overrides={"ingest.source": "/no/such/images"})
     assert wait_for(repo, env, run_id) == "FAILED"
     text = logs(repo, env, run_id)
     assert "ingest.source = '/no/such/images': not a directory" in text  # the stage's own error
@@ -79,7 +87,7 @@ def test_failing_stage_fails_the_flow_and_stops_downstream(deployed: tuple[Path,
 
 def test_bad_override_is_rejected_before_any_stage_runs(deployed: tuple[Path, dict[str, str]]) -> None:
     repo, env = deployed
-    run_id = start_run(repo, env, "--param", 'overrides={"train.epohcs": 3}')
+    run_id = create_run(env, overrides={"train.epohcs": 3})
     assert wait_for(repo, env, run_id) == "FAILED"
     text = logs(repo, env, run_id)
     assert "train.epohcs" in text and "Running stage" not in text
@@ -114,12 +122,12 @@ def test_drift_in_served_traffic_starts_a_retraining_run(
     assert report["drift"]["drift"] and report["retrain"]["needed"], report["drift"]
     run_id = report["retrain"]["flow_run"]
     try:
-        run = json.loads(sh(repo, "prefect", "flow-run", "inspect", run_id, "--output", "json", env=env).stdout)
-        deployment = sh(repo, "prefect", "deployment", "inspect", RETRAIN, env=env).stdout
-        assert run["deployment_id"] in deployment and "triggered-by-monitor" in run["tags"]
+        run, deployment = api(env, f"/flow_runs/{run_id}"), api(env, "/deployments/name/" + RETRAIN)
+        assert isinstance(run, dict) and isinstance(deployment, dict)
+        assert run["deployment_id"] == deployment["id"] and "triggered-by-monitor" in run["tags"]
         assert run["state"]["type"] in ("SCHEDULED", "PENDING")
         assert json.loads((repo / "reports/drift/state.json").read_text())["flow_run"] == run_id
-        artifact = "".join(sh(repo, "prefect", "artifact", "inspect", "lab2prod-drift", env=env).stdout.split())
+        artifact = "".join(artifact_texts(env, "lab2prod-drift")[0].split())
         assert "**DRIFT**" in artifact and "Retraining:**started**" in artifact, artifact
     finally:  # a later test's worker must not pick up this run
         sh(repo, "prefect", "flow-run", "delete", run_id, env=env, check=False)

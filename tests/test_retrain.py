@@ -16,6 +16,8 @@ from sklearn.metrics import f1_score
 from tests.conftest import LEAN_RUN, bare_onnx_predictions
 from tests.prefect_server import (  # noqa: F401  (fixtures)
     RETRAIN,
+    artifact_texts,
+    create_run,
     deployed_lean,
     logs,
     prefect_env,
@@ -121,13 +123,13 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed_lean: tuple[Pat
     base = {section: settings for section, settings in LEAN_RUN.items() if section != "train"}  # the real lr
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == LEAN_RUN["train"]["lr"]
 
-    first = start_run(repo, env, deployment=RETRAIN)
+    first = start_run(repo, env, deployment=RETRAIN)  # as a user types it
     assert wait_for(repo, env, first) == "COMPLETED", logs(repo, env, first)
     assert registry_state(repo) == (["v0001"], "v0001")  # no champion yet: the first model becomes it
     assert any((repo / "dvc-remote").rglob("*")), "the run's data and models were not pushed to the DVC remote"
 
     trainings = worker_log(repo).count("Running stage 'train'")
-    again = start_run(repo, env, deployment=RETRAIN)
+    again = create_run(env, RETRAIN)  # the same over REST (tests/prefect_server.py)
     assert wait_for(repo, env, again) == "COMPLETED", logs(repo, env, again)
     assert "No new data" in logs(repo, env, again)
     assert worker_log(repo).count("Running stage 'train'") == trainings  # nothing trained
@@ -136,7 +138,7 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed_lean: tuple[Pat
     add_feedback(repo, per_class=8, angle=10)
     write_params(repo, base)
     commit(repo, "the real learning rate")
-    new_data = start_run(repo, env, deployment=RETRAIN)
+    new_data = create_run(env, RETRAIN)
     assert wait_for(repo, env, new_data) == "COMPLETED", logs(repo, env, new_data)
     versions_, current = registry_state(repo)
     assert versions_ == ["v0001", "v0002"]
@@ -160,14 +162,14 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed_lean: tuple[Pat
     # decision artifact says so; the runs below start from it
     before_cancel, champion_at_cancel = workspace_state(repo), registry_state(repo)
     add_feedback(repo, per_class=8, angle=20)
-    cancelled = start_run(repo, env, "--param", 'overrides={"train.epochs": 20}', deployment=RETRAIN)
+    cancelled = create_run(env, RETRAIN, overrides={"train.epochs": 20})
     wait_until_training(repo, cancelled)
     sh(repo, "prefect", "flow-run", "cancel", cancelled, env=env)
     assert wait_for(repo, env, cancelled) == "CANCELLED", logs(repo, env, cancelled)
     wait_for_exit(cancelled)
     assert workspace_state(repo) == before_cancel  # params.yaml (with the override), dvc.lock, outputs
     assert registry_state(repo) == champion_at_cancel
-    decision = "".join(sh(repo, "prefect", "artifact", "inspect", "lab2prod-retrain-decision", env=env).stdout.split())
+    decision = "".join(artifact_texts(env, "lab2prod-retrain-decision")[0].split())
     assert "Retrainingcancelled" in decision and "thechampionisunchanged" in decision, decision
 
     # killed mid-training: nothing registered, champion unchanged. The next run, with the same settings, resumes
@@ -177,15 +179,15 @@ def test_scheduled_retrain_promotes_only_a_better_model(deployed_lean: tuple[Pat
     champion_before = current
     served_before = Path(champion_model(registry)).read_bytes()
     add_feedback(repo, per_class=8, angle=15)
-    ruin = '{"train.lr": 1e-06, "train.epochs": 20}'
-    killed = start_run(repo, env, "--param", f"overrides={ruin}", deployment=RETRAIN)
+    ruin = {"train.lr": 1e-06, "train.epochs": 20}
+    killed = create_run(env, RETRAIN, overrides=ruin)
     kill_when_training(repo, killed)
     assert wait_for(repo, env, killed) in ("CRASHED", "FAILED")
     assert registry_state(repo) == (["v0001", "v0002"], champion_before)
     assert Path(champion_model(registry)).read_bytes() == served_before
     assert "resuming the unfinished run" not in worker_log(repo)
     workspace_before = workspace_state(repo)
-    worse = start_run(repo, env, "--param", f"overrides={ruin}", deployment=RETRAIN)
+    worse = create_run(env, RETRAIN, overrides=ruin)
     assert wait_for(repo, env, worse) == "COMPLETED", logs(repo, env, worse)
     assert "resuming the unfinished run" in worker_log(repo)  # the stage logs are the subflow's, in the worker's log
     versions_, current = registry_state(repo)

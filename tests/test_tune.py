@@ -153,3 +153,85 @@ def test_a_failed_experiment_is_a_failed_trial_and_the_workspace_is_restored(tmp
     assert "no_such_net_xyz" in out, out  # the stage's own error reached the user
     assert (repo / "params.yaml").read_bytes() == before and not (repo / "dvc.lock").exists()
     assert experiments(repo) == {}
+
+
+PRUNING = {"objectives": ["val_accuracy"], "pruner_startup_trials": 1, "pruner_warmup_epochs": 0, "trials": 2}
+
+
+def study_with_an_earlier_trial(cfg: Any, project: Path, accuracy: float) -> Any:
+    """The study of `cfg` (a TuneConfig with one choice key in its space) holding one finished trial, as if run
+    earlier: validation accuracy `accuracy` at every epoch (the median a new trial is held to)."""
+    import optuna
+
+    from lab2prod.tune.study import open_study
+
+    study = open_study(cfg, project)
+    ((key, spec),) = cfg.space.items()
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={key: spec.choices[0]},
+            distributions={key: optuna.distributions.CategoricalDistribution(spec.choices)},
+            value=accuracy,
+            intermediate_values=dict.fromkeys(range(50), accuracy),
+        )
+    )
+    return study
+
+
+def test_a_trial_behind_the_median_is_pruned_in_training_and_the_workspace_is_restored(lean_repo: Path) -> None:
+    """A single-objective study prunes: the trial's train stage reports its first epoch, falls behind the median
+    (a perfect earlier trial), stops; the tuner records it PRUNED and puts the workspace back."""
+    import optuna
+
+    from lab2prod.core.settings import load_params
+
+    repo = lean_repo  # the DAG has run once: the trial's experiment reruns train only
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["tune"] = {**PRUNING, "space": {"train.seed": {"choices": [3]}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    commit(repo, "a study that prunes")
+    study_with_an_earlier_trial(load_params(repo / "params.yaml").tune, repo, accuracy=1.0)
+    kept = {f: (repo / f).read_bytes() for f in ("params.yaml", "dvc.lock", "artifacts/train/model.pt")}
+    proc = lab2prod(repo, "tune", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "pruned after epoch 0" in out, out
+    trial = optuna.load_study(study_name="lab2prod", storage=f"sqlite:///{repo}/.lab2prod/tune.db").trials[1]
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["pruned_at_epoch"] == 0
+    assert list(trial.intermediate_values) == [0] and trial.intermediate_values[0] < 1.0  # one epoch trained
+    record = json.loads((repo / "reports/tune/study.json").read_text())["trials"][1]
+    assert record["state"] == "PRUNED" and record["pruned_at_epoch"] == 0
+    assert {f: (repo / f).read_bytes() for f in kept} == kept  # settings, lock and model as before the study
+    assert experiments(repo) == {}  # a pruned trial leaves no experiment
+
+
+def test_a_trial_ahead_of_the_median_reports_every_epoch_and_trains_to_the_end(
+    tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The train stage's side, in process: a trial ahead of the earlier one (accuracy 0.0 at every epoch) reports
+    each epoch's validation accuracy, the values of DVCLive's own curve, and trains every epoch."""
+    import optuna
+
+    from lab2prod.core.layout import Workspace
+    from lab2prod.core.settings import validate_params
+    from lab2prod.core.tune_settings import TuneConfig
+    from lab2prod.tune.study import PRUNING_ENV, pruning_env
+    from tasks.augment import augment
+    from tasks.ingest import ingest
+    from tasks.train import train
+    from tests.conftest import TINY
+
+    params = validate_params(
+        {**TINY, "ingest": {**TINY["ingest"], "source": str(image_folder)}, "train": {**TINY["train"], "epochs": 3}}
+    )
+    ws = Workspace.under(tmp_path / "run")
+    ingest(params.ingest, ws.prepared)
+    augment(params.augment, ws)
+    cfg = TuneConfig(**PRUNING, space={"train.seed": {"choices": [3]}}, storage=f"sqlite:///{tmp_path}/tune.db")
+    trial = study_with_an_earlier_trial(cfg, tmp_path, accuracy=0.0).ask()
+    monkeypatch.setenv(PRUNING_ENV, pruning_env(cfg, tmp_path, trial)[PRUNING_ENV])
+    assert train(params, ws)["epochs"] == 3
+    reported = optuna.load_study(study_name="lab2prod", storage=cfg.storage).trials[1].intermediate_values
+    curve = (ws.train_metrics / "plots/metrics/val/acc.tsv").read_text().splitlines()[1:]
+    assert reported == {int(row.split("\t")[0]): float(row.split("\t")[1]) for row in curve}
+    assert sorted(reported) == [0, 1, 2]

@@ -1,7 +1,7 @@
 """The errors a user can act on. Each message says what was wrong, where, and what to do.
 
-`console.stage_entry` turns any of these into one log line and exit code 2 (settings or data) or 1
-(a model that failed its checks), never a traceback.
+`console.stage_entry` turns any of these into one log line and exit code 2 (settings or data), 1 (a model that
+failed its checks) or 3 (a tuning trial pruned), never a traceback.
 """
 
 from __future__ import annotations
@@ -29,3 +29,10 @@ class ParityError(Lab2ProdError, RuntimeError):
 
 class RegistryError(Lab2ProdError, RuntimeError):
     """The registry cannot do what was asked; the message says what is missing or wrong."""
+
+
+class TrialPruned(Lab2ProdError):
+    """`lab2prod tune` stopped this trial's training: its validation metric fell behind the study's earlier trials
+    at the same epoch (tune.pruner). Not a fault: the tuner records the trial as pruned and goes on."""
+
+    exit_code = 3

@@ -63,6 +63,13 @@ class TuneConfig(Section):
     storage: str = "sqlite:///.lab2prod/tune.db"  # any Optuna RDB URL (SQLAlchemy): machines sharing it share a study
     study: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "lab2prod"
     seed: int | None = None  # of the sampler (None: random)
+    # Stopping hopeless trials in training: Optuna's median rule on the validation metric of each epoch (a trial
+    # worse than the median of earlier trials at the same epoch stops there). Optuna prunes single-objective
+    # studies only: with `objectives: [val_accuracy]` or `[val_loss]`; a study with a second objective runs
+    # every trial to the end (a small, less accurate model can still be on the Pareto front).
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: Annotated[int, Field(ge=0)] = 3  # finished trials before any is pruned
+    pruner_warmup_epochs: Annotated[int, Field(ge=0)] = 2  # epochs a trial always trains before it can be pruned
 
     @model_validator(mode="after")
     def _known_objectives(self) -> TuneConfig:
@@ -75,6 +82,12 @@ class TuneConfig(Section):
 
     def directions(self) -> list[str]:
         return [OBJECTIVES[o] for o in self.objectives]
+
+    def pruned_on(self) -> str | None:
+        """The per-epoch metric trials are pruned on (Lightning's name for it), or None: no pruning."""
+        if self.pruner == "none" or len(self.objectives) != 1:
+            return None
+        return {"val_accuracy": "val/acc", "val_loss": "val/loss"}.get(self.objectives[0])
 
 
 def leaf_annotation(schema: type[BaseModel], dotted: str) -> Any:

@@ -42,6 +42,9 @@ def trial_line(trial: FrozenTrial, cfg: TuneConfig, console: Console) -> None:
     if trial.state == TrialState.COMPLETE:
         values = "  ".join(f"{n} [bold]{_value(n, v)}[/]" for n, v in zip(cfg.objectives, trial.values, strict=True))
         outcome = f"[green]{values}[/]"
+    elif trial.state == TrialState.PRUNED:
+        epoch = trial.user_attrs.get("pruned_at_epoch")
+        outcome = f"[yellow]PRUNED[/] after epoch {epoch} (behind the median of earlier trials)"
     else:
         outcome = f"[red]{trial.state.name}[/] {trial.user_attrs.get('fail_reason', '')}"
     console.print(f"trial [bold]{trial.number}[/]  {_params(trial)}  {outcome}  [dim]{took}[/]", highlight=False)
@@ -73,6 +76,8 @@ def trial_record(trial: FrozenTrial, objectives: list[str]) -> dict[str, Any]:
         "values": dict(zip(objectives, trial.values, strict=True)) if trial.values else None,
         "experiment": trial.user_attrs.get("experiment"),
         "fail_reason": trial.user_attrs.get("fail_reason"),
+        "pruned_at_epoch": trial.user_attrs.get("pruned_at_epoch"),
+        "epoch_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())} or None,
         "duration_s": trial.user_attrs.get("duration_s"),
         "model": trial.user_attrs.get("model"),
         "started": trial.datetime_start.isoformat() if trial.datetime_start else None,

@@ -38,6 +38,7 @@ HEARTBEAT_S = 30  # a running trial's heartbeat; one silent for GRACE_S belongs 
 GRACE_S = 120
 INTERRUPTED = "interrupted: the process running it ended before the experiment finished"
 STOPPED_CODES = {130, 143, 252}  # SIGINT/SIGTERM through a shell, DVC's own "interrupted": stop the study too
+PRUNING_ENV = "LAB2PROD_TUNE_TRIAL"  # read by models/training/pruning.py in the trial's train stage
 
 
 def storage_url(url: str, project: Path) -> str:
@@ -70,6 +71,7 @@ def open_study(cfg: TuneConfig, project: Path) -> optuna.Study:
         )
     seed = None if cfg.seed is None else cfg.seed + len(study.get_trials(deepcopy=False))
     study.sampler = optuna.samplers.TPESampler(seed=seed)
+    study.pruner = pruner(cfg)
     wanted = [optuna.study.StudyDirection[d.upper()] for d in cfg.directions()]
     if list(study.directions) != wanted:
         have = [d.name.lower() for d in study.directions]
@@ -78,6 +80,33 @@ def open_study(cfg: TuneConfig, project: Path) -> optuna.Study:
             f"need {cfg.directions()}: name another study (tune.study) or keep its objectives"
         )
     return study
+
+
+def pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
+    """The study's pruner: the median rule where the study can prune (TuneConfig.pruned_on), else none."""
+    if cfg.pruned_on() is None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs
+    )
+
+
+def pruning_env(cfg: TuneConfig, project: Path, trial: optuna.Trial) -> dict[str, str]:
+    """What the train stage of a trial's experiment needs to report each epoch to the study and to stop when the
+    pruner says so (models/training/pruning.py): an environment variable DVC passes on to the stage. Empty where
+    the study does not prune."""
+    if cfg.pruned_on() is None:
+        return {}
+    spec = {
+        "storage": storage_url(cfg.storage, project),
+        "study": cfg.study,
+        "trial_id": trial._trial_id,
+        "number": trial.number,
+        "monitor": cfg.pruned_on(),
+        "startup_trials": cfg.pruner_startup_trials,
+        "warmup_epochs": cfg.pruner_warmup_epochs,
+    }
+    return {PRUNING_ENV: json.dumps(spec)}
 
 
 def _alive(pid: int) -> bool:
@@ -210,9 +239,17 @@ def run_trial(
     started = time.monotonic()
     stopped: list[int] = []
     with heartbeat(study, trial):
-        code = run_group(args, env=dvc_env(), cwd=project, on_signal=stopped.append)
+        env = {**dvc_env(), **pruning_env(cfg, project, trial)}
+        code = run_group(args, env=env, cwd=project, on_signal=stopped.append)
     trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
     go_on, reason = True, None
+    pruned_at = study._storage.get_trial(trial._trial_id).user_attrs.get("pruned_at_epoch")
+    if code != 0 and pruned_at is not None and not stopped:  # the train stage stopped it (TrialPruned)
+        restored = snapshot.restore()
+        if restored != 0:
+            trial.set_user_attr("fail_reason", f"pruned; `dvc checkout` exited {restored} restoring: run it again")
+        log.info("tune: trial %d pruned after epoch %d", trial.number, pruned_at)
+        return study.tell(trial, state=TrialState.PRUNED), True
     if code == 0:
         try:
             objective_values, info = read_objectives(project, cfg.objectives)

@@ -48,27 +48,31 @@ def checkpoint_to_resume(ckpt_dir: Path, fingerprint: str) -> Path | None:
 
 
 class CurveLogger(DVCLiveLogger):
-    """DVCLive's Lightning logger, with step 0 taken as a step. DVCLive's `log_metrics` reads `if step:` and logs
-    a step of 0 at the previous step + 1: with one optimizer step an epoch (a small data set), epoch 0's metrics
-    went to step 1 beside epoch 1's, the train curve ran 2, 1, 2, 3, and a resumed run could lose a row."""
+    """DVCLive's Lightning logger with the curves' step being the epoch: every curve is logged once an epoch, and a
+    plot against optimizer steps reads differently for every batch size and data size. Lightning adds `epoch` to
+    each call; it becomes the step rather than a curve of its own. (DVCLive's own `if step:` also read a step of 0
+    as none, which put epoch 0 beside epoch 1: hence the step is set here, not passed.)"""
 
     def log_metrics(self, metrics: Any, step: int | None = None, sync: bool | None = False) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        step = int(epoch) if epoch is not None else step
         if step is not None:
             self.experiment.step = step - 1  # DVCLive adds the 1 back when it is given no step
         super().log_metrics(metrics, None, sync)
 
 
 def trim_curves(metrics_dir: Path, checkpoint: Path) -> None:
-    """Drop curve rows logged after `checkpoint` was written (a kill between the two writes): the
-    resumed run logs those steps again, and each step must appear once."""
+    """Drop curve rows of epochs after the one `checkpoint` closed (a kill between the two writes): the resumed run
+    logs those epochs again, and each must appear once."""
     try:
-        done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
+        done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
     except (KeyError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
-        log.warning("train: could not read the step of %s (%s); curves kept as they are", checkpoint, exc)
+        log.warning("train: could not read the epoch of %s (%s); curves kept as they are", checkpoint, exc)
         return
     for tsv in (metrics_dir / "plots").rglob("*.tsv"):
         header, *rows = tsv.read_text().splitlines(keepends=True)
-        kept = [r for r in rows if int(r.split("\t", 1)[0]) < done]
+        kept = [r for r in rows if int(r.split("\t", 1)[0]) <= done]
         if len(kept) < len(rows):
             with atomic_file(tsv) as tmp:
                 tmp.write_text(header + "".join(kept))
