@@ -26,7 +26,7 @@ import typer
 from lab2prod.core.layout import WORKSPACE
 from lab2prod.data.dataset import SplitBatches, SplitIndex, pixels_input
 from lab2prod.serve.runtime import onnx_top1
-from models.compress.compression import CalibrationReader
+from models.compress.compression import CalibrationReader, image_batches
 from models.export.onnx_export import to_onnx
 from models.nets.model_file import load_model_file
 
@@ -57,7 +57,7 @@ def quantize(source: Path, out: Path, calibration: torch.Tensor, method: str) ->
     quantize_static(
         str(prepared),
         str(out),
-        CalibrationReader(calibration, name),
+        CalibrationReader(image_batches(calibration, name)),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,

@@ -31,4 +31,8 @@ class TextConfig(Section):
     # a text model's INT8 file must agree with FP32's top-1 on this share of the test split (images: compress.int8's
     # min_top1_agreement); its accuracy drop is held to compress.max_accuracy_drop as for every variant
     int8_min_top1_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    # how a text model is quantized (compress.int8.mode is the images'): dynamic (INT8 weights, activations
+    # quantized per batch) or static (QDQ of the matrix products only, calibrated on compress.int8.calibration_images
+    # training texts; LayerNorm, GELU and Softmax stay FP32): benchmarks/text_int8.py compares them
+    int8_mode: Literal["dynamic", "static"] = "dynamic"
     token_dropout: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # share of tokens masked per training text

@@ -97,20 +97,36 @@ def unstructured_prune(
 
 
 class CalibrationReader:
-    """Feeds ONNX Runtime's calibrator batches of real training images."""
+    """Feeds ONNX Runtime's calibrator its batches: {input name: array}, one dict a batch."""
 
-    def __init__(self, images: torch.Tensor, input_name: str, batch: int = 64) -> None:
-        self.batches = iter(
-            [{input_name: to_model_input(images[i : i + batch]).numpy()} for i in range(0, len(images), batch)]
-        )
+    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
+        self.batches = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.batches, None)
 
 
-def quantize_int8(fp32_onnx: Path, out: Path, calibration: torch.Tensor | None, cfg: Int8Config) -> None:
-    """INT8 with ONNX Runtime: static QDQ (per-channel weights, calibrated activations) or dynamic (no
-    calibration: text models' INT8, models/text/compress.py)."""
+def image_batches(images: torch.Tensor, input_name: str, batch: int = 64) -> list[dict[str, np.ndarray]]:
+    """Real training images as calibration batches of the model's input."""
+    return [{input_name: to_model_input(images[i : i + batch]).numpy()} for i in range(0, len(images), batch)]
+
+
+# Static INT8 of a transformer encoder quantizes the matrix products only: ONNX Runtime's default would also
+# quantize the tensors LayerNorm, GELU and Softmax read, whose outliers 8 bits cannot hold (the accuracy loss
+# documented for BERT-like models); here those compute in FP32, between QDQ MatMuls.
+ENCODER_OPS = ["MatMul", "Gemm"]
+
+
+def quantize_int8(
+    fp32_onnx: Path,
+    out: Path,
+    calibration: torch.Tensor | list[dict[str, np.ndarray]] | None,
+    cfg: Int8Config,
+    op_types: list[str] | None = None,
+) -> None:
+    """INT8 with ONNX Runtime: static QDQ (per-channel weights, activations calibrated on `calibration`:
+    training images, or batches of another input such as token ids) or dynamic (no calibration). `op_types`:
+    the only node types static quantization touches (None: every type ONNX Runtime can quantize)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
     prepared = out.with_name("int8_preprocessed.onnx")
@@ -118,14 +134,17 @@ def quantize_int8(fp32_onnx: Path, out: Path, calibration: torch.Tensor | None, 
     if cfg.mode == "dynamic":
         quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=cfg.per_channel)
     else:
-        input_name = session(prepared).get_inputs()[0].name
+        assert calibration is not None, "static INT8 needs calibration data"
+        if isinstance(calibration, torch.Tensor):
+            calibration = image_batches(calibration, session(prepared).get_inputs()[0].name)
         quantize_static(
             str(prepared),
             str(out),
-            CalibrationReader(calibration, input_name),
+            CalibrationReader(calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=cfg.per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types,
         )
     prepared.unlink()

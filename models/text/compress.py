@@ -1,11 +1,12 @@
-"""Compressing a text model: ONNX Runtime dynamic INT8 of its FP32 ONNX file (graph optimised first: shape
-inference and ORT's fusions, then INT8 weights with activations quantized per batch), scored on the test split
-and judged like the image variants (models/compress/compression.py `judge`); an encoder's `student`: the same
-encoder with half its layers, distilled from it (models/text/distill.py). Static INT8 is not built for text yet
-(a log line says so when int8.mode is static).
+"""Compressing a text model: ONNX Runtime INT8 of its FP32 ONNX file (graph optimised first: shape inference and
+ORT's fusions), scored on the test split and judged like the image variants (models/compress/compression.py
+`judge`); an encoder's `student`: the same encoder with half its layers, distilled from it (models/text/distill.py).
 
-Dynamic, not static, for text: static quantization of a transformer encoder calibrates LayerNorm, GELU and
-residual activations to 8 bits and loses much of its accuracy unless those nodes are excluded."""
+INT8 is dynamic by default (`text.int8_mode`): INT8 weights, activations quantized per batch. Static INT8 of a
+transformer encoder calibrates every activation to 8 bits, and LayerNorm, GELU, Softmax and the residual Adds
+carry outliers that 8 bits cannot hold: static here quantizes the matrix products only (QDQ for MatMul and
+Gemm, calibrated on training texts), so no LayerNorm, GELU or Softmax reads an 8-bit tensor.
+benchmarks/text_int8.py measures the three."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from lab2prod.core.records import CompressReport, VariantResult
 from lab2prod.core.settings import Params
 from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
-from models.compress.compression import judge, quantize_int8
+from models.compress.compression import ENCODER_OPS, judge, quantize_int8
 from models.compress.variants import failed_variant
-from models.text.export import onnx_text_logits, to_text_onnx
+from models.text.export import TEXT_INPUT, onnx_text_logits, to_text_onnx
 from models.text.model_file import TextModelInfo, load_text_model, save_text_model
 from models.text.scoring import text_logits
 
@@ -48,6 +49,11 @@ def _scored(net: nn.Module, y_true: np.ndarray, y_pred: np.ndarray, path: Path, 
     )
 
 
+def calibration_batches(encoder: TextEncoder, texts: list[str], batch: int = 32) -> list[dict[str, np.ndarray]]:
+    """Training texts as static INT8's calibration batches of token ids (padded per batch, as served)."""
+    return [{TEXT_INPUT: encoder(texts[i : i + batch])} for i in range(0, len(texts), batch)]
+
+
 def compress_text(params: Params, ws: Workspace, out_dir: Path) -> CompressReport:
     """metrics/compress.json's record for a text model; the accepted files (`int8.onnx`, `student.pt`) in
     `out_dir`."""
@@ -59,13 +65,17 @@ def compress_text(params: Params, ws: Workspace, out_dir: Path) -> CompressRepor
     fp32 = _scored(net, y_true, y_fp32, model, file=None)
     variants: dict[str, VariantResult] = {}
     if cfg.int8.enabled:
-        if cfg.int8.mode == "static":
-            log.info("compress: text model: INT8 is dynamic (static is not built for text models)")
+        mode = params.text.int8_mode
+        calibration = None
+        if mode == "static":
+            train_texts = read_texts(prepared, "train")[0][: cfg.int8.calibration_images]
+            calibration = calibration_batches(encoder, train_texts)
+            log.info("compress: text INT8 static, MatMul/Gemm only, calibrated on %d training texts", len(train_texts))
         target = out_dir / "int8.onnx"
         with tempfile.TemporaryDirectory() as scratch:
             fp32_onnx = Path(scratch) / "fp32.onnx"
             to_text_onnx(net, fp32_onnx, params.export.opset)
-            quantize_int8(fp32_onnx, target, None, cfg.int8.model_copy(update={"mode": "dynamic"}))
+            quantize_int8(fp32_onnx, target, calibration, cfg.int8.model_copy(update={"mode": mode}), ENCODER_OPS)
             fp32_bytes = fp32_onnx.stat().st_size
             y_onnx = onnx_text_logits(fp32_onnx, encoder, texts).argmax(1)
         y_int8 = onnx_text_logits(target, encoder, texts).argmax(1)

@@ -1,0 +1,93 @@
+"""INT8 of a text model, three ways, side by side with FP32: ONNX Runtime dynamic quantization (what compress
+builds by default), static QDQ of the matrix products only (LayerNorm, GELU and Softmax left in FP32:
+`text.int8_mode: static`), and static QDQ of every node type ONNX Runtime can quantize (its default, for
+reference). For each: test accuracy, top-1 agreement with FP32, file size, and median latency at batch 1 and
+32 on 64-token inputs (one thread, as export benchmarks).
+
+    python -m benchmarks.text_int8 --workspace /path/to/project     # a project whose train stage made a text model
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import onnxruntime as ort
+import typer
+
+from lab2prod.core.layout import Workspace
+from lab2prod.core.settings import Int8Config
+from lab2prod.data.text import read_texts
+from lab2prod.data.tokens import TextEncoder
+from models.compress.compression import ENCODER_OPS, quantize_int8
+from models.export.machine import describe_machine
+from models.text.compress import calibration_batches
+from models.text.export import bench_inputs, onnx_text_logits, to_text_onnx
+from models.text.model_file import load_text_model
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+
+
+def median_ms(path: Path, batch: np.ndarray, calls: int) -> float:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: batch}
+    for _ in range(max(2, calls // 10)):
+        sess.run(None, feed)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+@app.command()
+def main(
+    workspace: Annotated[Path, typer.Option(help="project folder with data/prepared and artifacts/train")] = Path("."),
+    calls: Annotated[int, typer.Option(min=5, help="timed calls per file and batch size")] = 50,
+    calibration_texts: Annotated[int, typer.Option(min=8)] = 512,
+) -> None:
+    ws = Workspace.under(workspace)
+    net, info = load_text_model(ws.model)
+    encoder = TextEncoder(info.tokenizer, info.max_length)
+    texts, labels = read_texts(ws.prepared, "test")
+    train_texts, _ = read_texts(ws.prepared, "train")
+    print(describe_machine())
+    print(
+        f"model: {info.spec.architecture}, {sum(p.numel() for p in net.parameters()):,} parameters; "
+        f"test split {len(texts)} texts; calibration {min(calibration_texts, len(train_texts))} train texts"
+    )
+    one, many = bench_inputs(encoder, texts, 1), bench_inputs(encoder, texts * 32, 32)
+    with tempfile.TemporaryDirectory() as scratch:
+        d = Path(scratch)
+        fp32 = d / "fp32.onnx"
+        to_text_onnx(net, fp32, 18)
+        batches = calibration_batches(encoder, train_texts[:calibration_texts])
+        files = {"fp32": fp32}
+        for name, mode, ops in (
+            ("dynamic", "dynamic", None),
+            ("static, MatMul only", "static", ENCODER_OPS),
+            ("static, every op", "static", None),
+        ):
+            files[name] = d / f"{len(files)}.onnx"
+            quantize_int8(fp32, files[name], batches if mode == "static" else None, Int8Config(mode=mode), ops)
+        y_fp32 = onnx_text_logits(fp32, encoder, texts).argmax(1)
+        print(f"\n{'file':22s} {'test acc':>9s} {'agree':>7s} {'MB':>6s} {'b1 ms':>8s} {'b32 ms':>8s} {'b1 x':>6s}")
+        base = None
+        for name, path in files.items():
+            y = onnx_text_logits(path, encoder, texts).argmax(1)
+            b1, b32 = median_ms(path, one, calls), median_ms(path, many, max(5, calls // 5))
+            base = base or b1
+            print(
+                f"{name:22s} {np.mean(y == labels):9.4f} {np.mean(y == y_fp32):7.4f} "
+                f"{path.stat().st_size / 1e6:6.1f} {b1:8.2f} {b32:8.1f} {base / b1:6.2f}"
+            )
+
+
+if __name__ == "__main__":
+    app()
