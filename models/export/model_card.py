@@ -127,7 +127,7 @@ def write_model_card(
         "confident mistakes, latency against accuracy of every file); as an offline page: [report.html](report.html).",
         "",
         "## Lineage",
-        *(f"- {k}: `{v}`" for k, v in info.lineage.model_dump().items()),
+        *(f"- {k}: `{v}`" if v is not None else f"- {k}: none" for k, v in info.lineage.model_dump().items()),
         "",
         "## Limits",
         "- Images are stretched to a square, not cropped: very elongated images lose shape.",
