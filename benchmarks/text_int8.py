@@ -31,19 +31,24 @@ from models.text.model_file import load_text_model
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 
-def median_ms(path: Path, batch: np.ndarray, calls: int) -> float:
+def interleaved_ms(files: dict[str, Path], batch: np.ndarray, calls: int, rounds: int = 10) -> dict[str, float]:
+    """Median latency of each file, measured in rounds that alternate the files' order (ABBA...), so a change in
+    the machine's speed during the run touches every file alike."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: batch}
-    for _ in range(max(2, calls // 10)):
-        sess.run(None, feed)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    sessions = {n: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for n, p in files.items()}
+    times: dict[str, list[float]] = {n: [] for n in files}
+    for sess in sessions.values():
+        for _ in range(3):
+            sess.run(None, {sess.get_inputs()[0].name: batch})
+    for r in range(rounds):
+        for name, sess in list(sessions.items())[:: 1 if r % 2 == 0 else -1]:
+            feed = {sess.get_inputs()[0].name: batch}
+            for _ in range(max(1, calls // rounds)):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                times[name].append(time.perf_counter() - start)
+    return {n: 1000 * float(np.median(t)) for n, t in times.items()}
 
 
 @app.command()
@@ -77,15 +82,13 @@ def main(
             files[name] = d / f"{len(files)}.onnx"
             quantize_int8(fp32, files[name], batches if mode == "static" else None, Int8Config(mode=mode), ops)
         y_fp32 = onnx_text_logits(fp32, encoder, texts).argmax(1)
+        b1, b32 = interleaved_ms(files, one, calls), interleaved_ms(files, many, max(10, calls // 5))
         print(f"\n{'file':22s} {'test acc':>9s} {'agree':>7s} {'MB':>6s} {'b1 ms':>8s} {'b32 ms':>8s} {'b1 x':>6s}")
-        base = None
         for name, path in files.items():
             y = onnx_text_logits(path, encoder, texts).argmax(1)
-            b1, b32 = median_ms(path, one, calls), median_ms(path, many, max(5, calls // 5))
-            base = base or b1
             print(
                 f"{name:22s} {np.mean(y == labels):9.4f} {np.mean(y == y_fp32):7.4f} "
-                f"{path.stat().st_size / 1e6:6.1f} {b1:8.2f} {b32:8.1f} {base / b1:6.2f}"
+                f"{path.stat().st_size / 1e6:6.1f} {b1[name]:8.2f} {b32[name]:8.1f} {b1['fp32'] / b1[name]:6.2f}"
             )
 
 
