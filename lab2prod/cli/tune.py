@@ -38,8 +38,9 @@ def tune(
     and the study's storage are the `tune:` section of params.yaml. A killed study resumes where it stopped;
     several machines running `lab2prod tune` against one `tune.storage` database share the study. At the end
     the Pareto front is printed and reports/tune/ holds study.json, pareto.png and history.png; the workspace
-    is left as it was (`--apply best` or `--apply N` brings a trial's settings and outputs in). --set changes
-    a setting for every trial (or, for tune.* keys, the study itself).
+    is left as it was (`--apply best` or `--apply N` brings a trial's settings and outputs in). With a single
+    objective (val_accuracy or val_loss) a trial behind the median of earlier trials at the same epoch stops
+    training there (tune.pruner). --set changes a setting for every trial (or, for tune.* keys, the study itself).
     """
     from optuna.trial import TrialState
     from rich.console import Console
