@@ -41,6 +41,17 @@ STOPPED_CODES = {130, 143, 252}  # SIGINT/SIGTERM through a shell, DVC's own "in
 PRUNING_ENV = "LAB2PROD_TUNE_TRIAL"  # read by models/training/pruning.py in the trial's train stage
 
 
+def engine_kwargs(url: str) -> dict[str, Any] | None:
+    """SQLAlchemy engine arguments for a study's database: SQLite waits up to 60 s for a lock (a trial's train
+    stage and the tuner write to it at once)."""
+    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
+
+
+def median_pruner(startup_trials: int, warmup_epochs: int) -> optuna.pruners.MedianPruner:
+    """The rule the tuner and each trial's train stage share: behind the median of earlier trials at an epoch."""
+    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
+
+
 def storage_url(url: str, project: Path) -> str:
     """A relative SQLite path is the project's (`sqlite:///.lab2prod/tune.db`); its folder is created."""
     prefix = "sqlite:///"
@@ -57,7 +68,7 @@ def open_study(cfg: TuneConfig, project: Path) -> optuna.Study:
     is seeded with tune.seed + the trials already in the study: a resumed study does not replay its first picks."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
     url = storage_url(cfg.storage, project)
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
+    engine = engine_kwargs(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
@@ -86,9 +97,7 @@ def pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
     """The study's pruner: the median rule where the study can prune (TuneConfig.pruned_on), else none."""
     if cfg.pruned_on() is None:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs
-    )
+    return median_pruner(cfg.pruner_startup_trials, cfg.pruner_warmup_epochs)
 
 
 def pruning_env(cfg: TuneConfig, project: Path, trial: optuna.Trial) -> dict[str, str]:

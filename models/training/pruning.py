@@ -17,9 +17,9 @@ import lightning as L
 import optuna
 
 from lab2prod.core.errors import TrialPruned
+from lab2prod.tune.study import PRUNING_ENV, engine_kwargs, median_pruner
 
 log = logging.getLogger("lab2prod")
-ENV = "LAB2PROD_TUNE_TRIAL"  # lab2prod/tune/study.py: PRUNING_ENV
 
 
 class TrialPruning(L.Callback):
@@ -28,13 +28,10 @@ class TrialPruning(L.Callback):
     def __init__(self, spec: dict[str, Any]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.monitor, self.number = spec["monitor"], spec["number"]
-        pruner = optuna.pruners.MedianPruner(
-            n_startup_trials=spec["startup_trials"], n_warmup_steps=spec["warmup_epochs"]
-        )
-        engine = {"connect_args": {"timeout": 60}} if spec["storage"].startswith("sqlite:") else None
+        pruner = median_pruner(spec["startup_trials"], spec["warmup_epochs"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(spec["storage"], engine_kwargs=engine)
+            storage = optuna.storages.RDBStorage(spec["storage"], engine_kwargs=engine_kwargs(spec["storage"]))
         study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=pruner)
         self.trial = optuna.trial.Trial(study, spec["trial_id"])
 
@@ -57,7 +54,7 @@ class TrialPruning(L.Callback):
 
 def trial_pruning() -> list[L.Callback]:
     """The pruning callback when this stage runs a tuning trial (LAB2PROD_TUNE_TRIAL set), else nothing."""
-    raw = os.environ.get(ENV)
+    raw = os.environ.get(PRUNING_ENV)
     if not raw:
         return []
     spec = json.loads(raw)
