@@ -2,7 +2,7 @@
 builds by default), static QDQ of the matrix products only (LayerNorm, GELU and Softmax left in FP32:
 `text.int8_mode: static`), and static QDQ of every node type ONNX Runtime can quantize (its default, for
 reference). For each: test accuracy, top-1 agreement with FP32, file size, and median latency at batch 1 and
-32 on 64-token inputs (one thread, as export benchmarks).
+32 on 64-token inputs (one thread; export's interleaved benchmark, models/export/speed.py).
 
     python -m benchmarks.text_int8 --workspace /path/to/project     # a project whose train stage made a text model
 """
@@ -10,7 +10,6 @@ reference). For each: test accuracy, top-1 agreement with FP32, file size, and m
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from lab2prod.data.text import read_texts
 from lab2prod.data.tokens import TextEncoder
 from models.compress.compression import ENCODER_OPS, quantize_int8
 from models.export.machine import describe_machine
+from models.export.speed import measure
 from models.text.compress import calibration_batches
 from models.text.export import bench_inputs, onnx_text_logits, to_text_onnx
 from models.text.model_file import load_text_model
@@ -31,24 +31,13 @@ from models.text.model_file import load_text_model
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 
-def interleaved_ms(files: dict[str, Path], batch: np.ndarray, calls: int, rounds: int = 10) -> dict[str, float]:
-    """Median latency of each file, measured in rounds that alternate the files' order (ABBA...), so a change in
-    the machine's speed during the run touches every file alike."""
+def one_thread(path: Path):
+    """A runner of `path` on one intra-op thread (models/export/speed.py's runners use ORT's defaults)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    sessions = {n: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for n, p in files.items()}
-    times: dict[str, list[float]] = {n: [] for n in files}
-    for sess in sessions.values():
-        for _ in range(3):
-            sess.run(None, {sess.get_inputs()[0].name: batch})
-    for r in range(rounds):
-        for name, sess in list(sessions.items())[:: 1 if r % 2 == 0 else -1]:
-            feed = {sess.get_inputs()[0].name: batch}
-            for _ in range(max(1, calls // rounds)):
-                start = time.perf_counter()
-                sess.run(None, feed)
-                times[name].append(time.perf_counter() - start)
-    return {n: 1000 * float(np.median(t)) for n, t in times.items()}
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})
 
 
 @app.command()
@@ -67,7 +56,7 @@ def main(
         f"model: {info.spec.architecture}, {sum(p.numel() for p in net.parameters()):,} parameters; "
         f"test split {len(texts)} texts; calibration {min(calibration_texts, len(train_texts))} train texts"
     )
-    one, many = bench_inputs(encoder, texts, 1), bench_inputs(encoder, texts * 32, 32)
+    inputs = bench_inputs(encoder, texts, len(texts))  # every test text as exactly 64 tokens
     with tempfile.TemporaryDirectory() as scratch:
         d = Path(scratch)
         fp32 = d / "fp32.onnx"
@@ -82,13 +71,15 @@ def main(
             files[name] = d / f"{len(files)}.onnx"
             quantize_int8(fp32, files[name], batches if mode == "static" else None, Int8Config(mode=mode), ops)
         y_fp32 = onnx_text_logits(fp32, encoder, texts).argmax(1)
-        b1, b32 = interleaved_ms(files, one, calls), interleaved_ms(files, many, max(10, calls // 5))
+        # export's own benchmark: blocks of calls interleaved across the files in shuffled order, batch 1 and 32
+        speed = measure({n: one_thread(p) for n, p in files.items()}, inputs, calls, 32, max(10, calls // 5))
         print(f"\n{'file':22s} {'test acc':>9s} {'agree':>7s} {'MB':>6s} {'b1 ms':>8s} {'b32 ms':>8s} {'b1 x':>6s}")
         for name, path in files.items():
             y = onnx_text_logits(path, encoder, texts).argmax(1)
+            b1, b32 = speed[name]["batch1_p50_ms"], 32_000 / speed[name]["batch32_images_per_s"]
             print(
                 f"{name:22s} {np.mean(y == labels):9.4f} {np.mean(y == y_fp32):7.4f} "
-                f"{path.stat().st_size / 1e6:6.1f} {b1[name]:8.2f} {b32[name]:8.1f} {b1['fp32'] / b1[name]:6.2f}"
+                f"{path.stat().st_size / 1e6:6.1f} {b1:8.2f} {b32:8.1f} {speed['fp32']['batch1_p50_ms'] / b1:6.2f}"
             )
 
 
