@@ -95,9 +95,10 @@ def test_int8_file_is_quantized_and_smaller(tiny_run: dict[str, Path]) -> None:
 
 
 def test_stacked_int8_files_quantize_the_pruned_and_student_networks(tiny_run: dict[str, Path]) -> None:
-    """pruned_int8 and student_int8 are those networks quantized: QDQ graphs with the parent's weight shapes, a
-    file smaller than the parent's exported ONNX file, a top-1 agreement with the parent's own ONNX file that a
-    bare ONNX Runtime run reproduces."""
+    """pruned_int8 and student_int8 are those networks quantized: QDQ graphs with the parent's weight shapes as
+    INT8 kernels, which the parent's exported ONNX file holds as FP32 (at these tiny widths the QDQ nodes can
+    outweigh the saving: file sizes are compared on the full-width network, above), a top-1 agreement with the
+    parent's own ONNX file that a bare ONNX Runtime run reproduces."""
     found = variants(tiny_run)
     for parent in ("pruned", "student"):
         stacked = found[f"{parent}_int8"]
@@ -109,7 +110,8 @@ def test_stacked_int8_files_quantize_the_pruned_and_student_networks(tiny_run: d
         weights = {tuple(t.dims) for t in graph.initializer if len(t.dims) == 4 and t.data_type == int8}
         assert weights == {tuple(m.weight.shape) for m in net.modules() if isinstance(m, nn.Conv2d)}
         parent_onnx = tiny_run["export"] / f"model_{parent}.onnx"
-        assert stacked["bytes"] < parent_onnx.stat().st_size
+        fp32 = {tuple(t.dims): t for t in onnx.load(str(parent_onnx)).graph.initializer if len(t.dims) == 4}
+        assert weights <= set(fp32) and all(fp32[shape].data_type == onnx.TensorProto.FLOAT for shape in weights)
         labels, of_parent = bare_onnx_predictions(parent_onnx, tiny_run["prepared"])
         _, of_stacked = bare_onnx_predictions(tiny_run["compressed"] / f"{parent}_int8.onnx", tiny_run["prepared"])
         files = json.loads(tiny_run["export_metrics"].read_text())["files"]

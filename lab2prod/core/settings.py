@@ -148,6 +148,7 @@ class EvaluateConfig(Section):
 
 class ExportConfig(Section):
     opset: Annotated[int, Field(ge=17, le=21)] = 18
+    exporter: Literal["auto", "torchscript", "dynamo"] = "auto"
     atol: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
     rtol: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-3  # plus this share of the logit's magnitude
     parity_batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [1, 7]

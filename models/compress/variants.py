@@ -192,7 +192,7 @@ class VariantBuilder:
         """`net` exported to ONNX and quantized into `<name>.onnx`, scored by ONNX Runtime on the test split."""
         q = self.cfg.int8
         fp32_onnx = self.scratch / f"{name}_fp32.onnx"
-        to_onnx(net, self.info.image_shape, fp32_onnx, self.params.export.opset)
+        to_onnx(net, self.info.image_shape, fp32_onnx, self.params.export.opset, self.params.export.exporter)
         if self.calibration is None:  # the same training images calibrate every INT8 file
             train = SplitIndex.read(self.ws.prepared, "train")
             pick = np.random.default_rng(self.cfg.seed).permutation(len(train))[: q.calibration_images]

@@ -27,7 +27,7 @@ def export_checked(
 ) -> dict[str, Any]:
     """Export one PyTorch model, check it fully and match it to PyTorch; returns its parity record."""
     cfg = params.export
-    to_onnx(net, info.image_shape, path, cfg.opset)
+    to_onnx(net, info.image_shape, path, cfg.opset, cfg.exporter)
     add_metadata(path, info, variant, params.ingest.resize)
     onnx.checker.check_model(str(path), full_check=True)
     sess = session(path)

@@ -74,7 +74,7 @@ def compress_text(params: Params, ws: Workspace, out_dir: Path) -> CompressRepor
         target = out_dir / "int8.onnx"
         with tempfile.TemporaryDirectory() as scratch:
             fp32_onnx = Path(scratch) / "fp32.onnx"
-            to_text_onnx(net, fp32_onnx, params.export.opset)
+            to_text_onnx(net, fp32_onnx, params.export.opset, params.export.exporter)
             quantize_int8(fp32_onnx, target, calibration, cfg.int8.model_copy(update={"mode": mode}), ENCODER_OPS)
             fp32_bytes = fp32_onnx.stat().st_size
             y_onnx = onnx_text_logits(fp32_onnx, encoder, texts).argmax(1)
