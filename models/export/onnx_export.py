@@ -41,6 +41,8 @@ def to_onnx(
         with warnings.catch_warnings():  # PyTorch >= 2.9 warns on every call that this exporter is the legacy one
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
             warnings.filterwarnings("ignore", message="The feature will be removed")
+            # the input layer's resize branches on the image size, which the file fixes (only the batch is dynamic)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 net.eval(),
                 (example,),
