@@ -36,32 +36,54 @@ def to_onnx(
     CNN on a 2-core CPU, most of it start-up); "auto" is the TorchScript one for image networks. Either file is then
     checked the same way (models/export/checks.py)."""
     height, width, channels = image_shape
-    example = torch.rand(2, channels, height, width)
-    if exporter in ("auto", "torchscript"):
+    exporter = "torchscript" if exporter == "auto" else exporter
+    export_graph(net, torch.rand(2, channels, height, width), path, opset, INPUT, {0: "batch"}, exporter)
+
+
+# dynamic_shapes bounds of torch.export, by axis name
+DIM_MAX = {"batch": 65_536, "length": 8192}
+
+
+def export_graph(
+    net: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    input_name: str,
+    axes: dict[int, str],
+    exporter: str,
+) -> None:
+    """`net` to ONNX with one input `input_name` whose `axes` are dynamic, by the TorchScript exporter (tracing
+    `example`) or torch.export ("dynamo"); output OUTPUT, dynamic along the batch."""
+    if exporter == "torchscript":
         with warnings.catch_warnings():  # PyTorch >= 2.9 warns on every call that this exporter is the legacy one
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
             warnings.filterwarnings("ignore", message="The feature will be removed")
-            # the input layer's resize branches on the image size, which the file fixes (only the batch is dynamic)
+            # shape branches (the image input layer's resize; the file fixes H and W) become constants, as meant
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # transformers indexes position and token-type tables by positions, never negative (and export checks
+            # the file against PyTorch at two lengths)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
             torch.onnx.export(
                 net.eval(),
                 (example,),
                 str(path),
                 dynamo=False,
                 opset_version=opset,
-                input_names=[INPUT],
+                input_names=[input_name],
                 output_names=[OUTPUT],
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                dynamic_axes={input_name: axes, OUTPUT: {0: "batch"}},
             )
         return
+    dims = {axis: torch.export.Dim(name, min=1, max=DIM_MAX[name]) for axis, name in axes.items()}
     program = torch.onnx.export(
         net.eval(),
         (example,),
         dynamo=True,
         opset_version=opset,
-        input_names=[INPUT],
+        input_names=[input_name],
         output_names=[OUTPUT],
-        dynamic_shapes={"input": {0: torch.export.Dim("batch", min=1, max=65_536)}},
+        dynamic_shapes=(dims,),
         verbose=False,
         optimize=True,
     )

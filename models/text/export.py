@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from lab2prod.data.tokens import TextEncoder
 from lab2prod.monitor import drift
 from lab2prod.serve.runtime import OUTPUT, session
 from models.export.machine import cpu_features
-from models.export.onnx_export import write_metadata
+from models.export.onnx_export import export_graph, write_metadata
 from models.export.report import confident_mistakes, write_report
 from models.export.speed import measure, onnx_runner, torch_runner
 from models.text.encoder import EncoderBody
@@ -48,38 +47,7 @@ def to_text_onnx(net: torch.nn.Module, path: Path, opset: int, exporter: str = "
     if exporter == "auto":
         exporter = "torchscript" if any(isinstance(m, EncoderBody) for m in net.modules()) else "dynamo"
     example = torch.randint(2, 50, (2, 16), dtype=torch.int64)
-    if exporter == "torchscript":
-        with warnings.catch_warnings():  # PyTorch >= 2.9 warns on every call that this exporter is the legacy one
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
-            warnings.filterwarnings("ignore", message="The feature will be removed")
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            # transformers indexes position and token-type tables by positions, never negative (and export checks
-            # the file against PyTorch at two lengths)
-            warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
-            torch.onnx.export(
-                net.eval(),
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[TEXT_INPUT],
-                output_names=[OUTPUT],
-                dynamic_axes={TEXT_INPUT: {0: "batch", 1: "length"}, OUTPUT: {0: "batch"}},
-            )
-        return
-    dims = {0: torch.export.Dim("batch", min=1, max=65_536), 1: torch.export.Dim("length", min=1, max=8192)}
-    program = torch.onnx.export(
-        net.eval(),
-        (example,),
-        dynamo=True,
-        opset_version=opset,
-        input_names=[TEXT_INPUT],
-        output_names=[OUTPUT],
-        dynamic_shapes=(dims,),
-        verbose=False,
-        optimize=True,
-    )
-    program.save(str(path))
+    export_graph(net, example, path, opset, TEXT_INPUT, {0: "batch", 1: "length"}, exporter)
 
 
 def add_text_metadata(path: Path, info: TextModelInfo, variant: str) -> None:
