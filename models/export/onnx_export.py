@@ -28,9 +28,7 @@ for _noisy in ("onnx_ir", "onnxscript"):
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
-def to_onnx(
-    net: torch.nn.Module, image_shape: list[int], path: Path, opset: int, exporter: str = "torchscript"
-) -> None:
+def to_onnx(net: torch.nn.Module, image_shape: list[int], path: Path, opset: int, exporter: str = "auto") -> None:
     """Export with a dynamic batch axis. `exporter` (export.exporter): "torchscript" traces the network (PyTorch's
     classic exporter: about a second for a CNN), "dynamo" goes through torch.export (the newer one: ~9 s for the same
     CNN on a 2-core CPU, most of it start-up); "auto" is the TorchScript one for image networks. Either file is then
