@@ -47,7 +47,7 @@ serve: $(STAMP)  ## serve the registry's champion on http://127.0.0.1:8000 (`lab
 # Two processes, a test module to each at a time (module fixtures such as a Prefect server stay whole), the
 # modules and the tests in each in a shuffled order: every test must pass in any order (the seed is printed).
 test: lint docs  ## lint, the docs build, then the full suite (two processes, shuffled order)
-	$(RUN) $(BIN)/pytest -n 2 --dist loadfile --random-order-bucket=module
+	$(RUN) $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --random-order-bucket=module
 
 docs: $(STAMP)  ## build docs/ into site/ with MkDocs (strict: a broken link or anchor fails the build)
 	$(BIN)/mkdocs build --strict --quiet

@@ -62,25 +62,31 @@ TINY = {
 OFF = {"enabled": False}
 FP32_ONLY = {"compress": {**TINY["compress"], "prune": OFF, "sparse": OFF, "int8": OFF, "distill": OFF}}
 
-# The modules that take longest (seconds of one xdist worker in a fresh-clone `make test`, longest first). `make
-# test` hands whole modules to two workers in collection order; starting the longest first (after the shuffle,
-# which still decides the order within this list's ties, of the other modules and of the tests in each) keeps
-# one worker from running a 5-minute module alone at the end while the other idles.
+# The modules that take longest, longest first, with their seconds of one xdist worker in a fresh-clone `make test`
+# (b426444, `make test` with `--durations=0`, summed per module). `make test` hands whole modules to two workers in
+# collection order (`--no-loadscope-reorder`: xdist would otherwise start the modules with the most tests first,
+# and the one-test 3-minute modules would run last, one worker idling); starting the longest first (after the
+# shuffle, which still decides the order within this list's ties, of the other modules and of the tests in each)
+# keeps one worker from running a 3-minute module alone at the end while the other idles.
 LONGEST_FIRST = [
-    "test_retrain",
-    "test_pipeline",
-    "test_prefect",
-    "test_faults",
-    "test_tune",
-    "test_schedules",
-    "test_text",
-    "test_pretrained",
-    "test_registry",
-    "test_install",
-    "test_prefect_cli",
-    "test_data",
-    "test_budget",
-    "test_serve",
+    "test_retrain",  # 186 s
+    "test_tune",  # 167
+    "test_schedules",  # 148
+    "test_pipeline",  # 134
+    "test_prefect",  # 133
+    "test_faults",  # 96
+    "test_pretrained",  # 88
+    "test_text",  # 75
+    "test_install",  # 32
+    "test_prefect_cli",  # 31
+    "test_data",  # 31
+    "test_registry",  # 17
+    "test_budget",  # 16
+    "test_ingest",  # 14
+    "test_soak",  # 14
+    "test_serve",  # 13
+    "test_compress",  # 11
+    "test_serve_limits",  # 10
 ]
 
 
