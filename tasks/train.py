@@ -56,7 +56,8 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
     else:
         with tempfile.TemporaryDirectory(prefix="lab2prod-weights-") as scratch:
             spec, net, weights = initial_network(params, meta, Path(scratch))
-    budget = training_budget(cfg, text.n_train if text else n_training_images(ws), processes(cfg))
+    n_train, unit = (text.n_train, "texts") if text else (n_training_images(ws), "images")
+    budget = training_budget(cfg, n_train, processes(cfg), unit)
     log.info("train: %s", budget.why)
     inputs_hash = inputs_digest(ws)
     params_hash = params.section_hash(*(("train", "text") if text else ("train",)))

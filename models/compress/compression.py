@@ -3,8 +3,11 @@ and the gate every compressed variant must pass against the FP32 model."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,8 @@ from lab2prod.core.settings import CompressConfig, Int8Config
 from lab2prod.serve.runtime import session
 from models.nets.inputs import to_model_input
 from models.nets.networks import count_macs_and_params
+
+log = logging.getLogger(__name__)
 
 
 def judge(variant: VariantResult, fp32: VariantResult, cfg: CompressConfig) -> VariantResult:
@@ -127,9 +132,46 @@ def quantize_int8(
     """INT8 with ONNX Runtime: static QDQ (per-channel weights, activations calibrated on `calibration`:
     training images, or batches of another input such as token ids) or dynamic (no calibration). `op_types`:
     the only node types static quantization touches (None: every type ONNX Runtime can quantize)."""
+    prepared = out.with_name("int8_preprocessed.onnx")
+    with _quantizer_notes(out.name):
+        _quantize(fp32_onnx, out, prepared, calibration, cfg, op_types)
+    prepared.unlink()
+
+
+@contextlib.contextmanager
+def _quantizer_notes(name: str) -> Iterator[None]:
+    """ONNX Runtime's quantizer logs through the root logger (`logging.info` / `logging.warning`), one line per
+    tensor it leaves in FP32: an encoder's activation-by-activation MatMuls, its 1-D LayerNorm weights that have no
+    channel axis, tensors without calibration ranges. Expected, and dozens per model: kept at DEBUG, counted in
+    one INFO line. Only records logged on the root logger itself are caught (lab2prod's own propagate past it)."""
+    notes: collections.Counter[str] = collections.Counter()
+
+    def keep_at_debug(record: logging.LogRecord) -> bool:
+        notes[record.levelname] += 1
+        log.debug("onnxruntime.quantization: %s", record.getMessage())
+        return False
+
+    root = logging.getLogger()
+    root.addFilter(keep_at_debug)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep_at_debug)
+    if notes:
+        counts = ", ".join(f"{n} {level.lower()}" for level, n in sorted(notes.items()))
+        log.info("int8: %s: ONNX Runtime's quantizer left some tensors in FP32 (%s notes, at DEBUG)", name, counts)
+
+
+def _quantize(
+    fp32_onnx: Path,
+    out: Path,
+    prepared: Path,
+    calibration: torch.Tensor | list[dict[str, np.ndarray]] | None,
+    cfg: Int8Config,
+    op_types: list[str] | None,
+) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
-    prepared = out.with_name("int8_preprocessed.onnx")
     quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
     if cfg.mode == "dynamic":
         quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=cfg.per_channel)
@@ -147,4 +189,3 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             op_types_to_quantize=op_types,
         )
-    prepared.unlink()

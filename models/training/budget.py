@@ -58,8 +58,9 @@ def auto_batch_size(n_train: int) -> int:
     return max(1, min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, power), n_train))
 
 
-def training_budget(cfg: TrainConfig, n_train: int, world: int = 1) -> Budget:
-    """The batch size, epochs and patience for `n_train` training images on `world` processes."""
+def training_budget(cfg: TrainConfig, n_train: int, world: int = 1, unit: str = "images") -> Budget:
+    """The batch size, epochs and patience for `n_train` training examples on `world` processes; `unit` names them
+    in the explanation ("images", "texts")."""
     if n_train < 1:
         raise ValueError("training_budget: the training split is empty")
     per_rank = math.ceil(n_train / world)
@@ -82,8 +83,8 @@ def training_budget(cfg: TrainConfig, n_train: int, world: int = 1) -> Budget:
         raise ConfigError(f"train.freeze_epochs = {cfg.freeze_epochs} leaves none of the {epochs} epochs to tune")
     patience = max(5, epochs // 3) if cfg.patience == "auto" else cfg.patience
     why = (
-        f"{n_train} training images: {how_batch}, {steps_per_epoch} steps per epoch; {how_epochs}: "
-        f"{epochs * steps_per_epoch} steps, {epochs * n_train} images seen; early stop after {patience} epochs "
+        f"{n_train} training {unit}: {how_batch}, {steps_per_epoch} steps per epoch; {how_epochs}: "
+        f"{epochs * steps_per_epoch} steps, {epochs * n_train} {unit} seen; early stop after {patience} epochs "
         "without a better val loss"
     )
     return Budget(batch, epochs, steps_per_epoch, patience, n_train, why)
