@@ -132,9 +132,27 @@ def quantize_int8(
     """INT8 with ONNX Runtime: static QDQ (per-channel weights, activations calibrated on `calibration`:
     training images, or batches of another input such as token ids) or dynamic (no calibration). `op_types`:
     the only node types static quantization touches (None: every type ONNX Runtime can quantize)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
+
     prepared = out.with_name("int8_preprocessed.onnx")
     with _quantizer_notes(out.name):
-        _quantize(fp32_onnx, out, prepared, calibration, cfg, op_types)
+        quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+        if cfg.mode == "dynamic":
+            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=cfg.per_channel)
+        else:
+            assert calibration is not None, "static INT8 needs calibration data"
+            if isinstance(calibration, torch.Tensor):
+                calibration = image_batches(calibration, session(prepared).get_inputs()[0].name)
+            quantize_static(
+                str(prepared),
+                str(out),
+                CalibrationReader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=cfg.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=op_types,
+            )
     prepared.unlink()
 
 
@@ -160,32 +178,3 @@ def _quantizer_notes(name: str) -> Iterator[None]:
     if notes:
         counts = ", ".join(f"{n} {level.lower()}" for level, n in sorted(notes.items()))
         log.info("int8: %s: ONNX Runtime's quantizer left some tensors in FP32 (%s notes, at DEBUG)", name, counts)
-
-
-def _quantize(
-    fp32_onnx: Path,
-    out: Path,
-    prepared: Path,
-    calibration: torch.Tensor | list[dict[str, np.ndarray]] | None,
-    cfg: Int8Config,
-    op_types: list[str] | None,
-) -> None:
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
-
-    quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
-    if cfg.mode == "dynamic":
-        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=cfg.per_channel)
-    else:
-        assert calibration is not None, "static INT8 needs calibration data"
-        if isinstance(calibration, torch.Tensor):
-            calibration = image_batches(calibration, session(prepared).get_inputs()[0].name)
-        quantize_static(
-            str(prepared),
-            str(out),
-            CalibrationReader(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=cfg.per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=op_types,
-        )
