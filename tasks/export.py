@@ -1,21 +1,19 @@
 """Stage 6, export: every deployable model as ONNX, checked against PyTorch, benchmarked, described.
 
 Each ONNX file gets a dynamic batch axis, passes `onnx.checker` (full check) and must compute what its source
-computes: FP32-derived files (FP32, pruned, sparse, student) match their PyTorch model's logits within
-`export.atol + export.rtol x |logit|` and top-1 at each of `export.parity_batch_sizes`; the INT8 file must
-agree with FP32's top-1 on `compress.int8.min_top1_agreement` of the test split (quantization moves logits),
-pruned_int8 / student_int8 with their pruned / student file's.
-Only variants compress accepted are exported; one that misses its check is rejected with the reason (FP32
-missing it fails the stage). Then PyTorch eager and every ONNX file are benchmarked side by side. Text models:
-models/text/export.py (input "input_ids", the tokenizer inside the file and beside it as tokenizer.json).
+computes: FP32-derived files match their PyTorch model's logits within `export.atol + export.rtol x |logit|`
+and top-1 at each of `export.parity_batch_sizes`; an INT8 file must agree with its FP32 parent's top-1 on
+`compress.int8.min_top1_agreement` of the test split. Only variants compress accepted are exported; one that
+misses its check is rejected with the reason (FP32 missing it fails the stage). Then PyTorch eager and every
+ONNX file are benchmarked side by side. Text models: models/text/export.py (input "input_ids").
 
 Writes (the directory is replaced atomically):
     artifacts/export/model.onnx            FP32; input "pixels": float32 (batch, C, H, W) = pixel / 255
     artifacts/export/model_<variant>.onnx  accepted variants (pruned, sparse, student, int8, pruned_int8, student_int8)
     artifacts/export/model_card.md         intended use, data, metrics, variants, speed, lineage, limits
     artifacts/export/results.png, report.html   the run in one picture (models/export/report.py)
-    metrics/export.json                    parity / agreement per file
-    metrics/benchmark.json                 latency p50/p95, throughput, size, accuracy per variant, CPU
+    metrics/export.json, benchmark.json    parity per file; latency, throughput, size, accuracy per variant
+    metrics/summary.json                   the run's headline figures, what `dvc exp show` shows (written last)
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from lab2prod.core.files import atomic_dir, read_json, write_json
 from lab2prod.core.layout import PARAMS, WORKSPACE, Workspace
 from lab2prod.core.records import CompressReport
 from lab2prod.core.settings import Params, load_params
+from lab2prod.core.summary import write_summary
 from lab2prod.data.dataset import SplitBatches, pixels_input
 from models.export.checks import export_checked, export_variant
 from models.export.machine import cpu_features
@@ -41,14 +40,19 @@ log = logging.getLogger("tasks.export")  # not __name__: that is __main__ under 
 
 def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
     """Export, check and benchmark every deployable model; files land only if every check passes."""
-    if read_json(ws.prepared / "meta.json").get("modality") == "text":
-        return export_text(params, ws)  # models/text/export.py: the same checks for a text model
+    text = read_json(ws.prepared / "meta.json").get("modality") == "text"
+    result = export_text(params, ws) if text else export_images(params, ws)  # text: models/text/export.py
+    write_summary(ws)  # from what the stages wrote, for DVC's tables
+    return result
+
+
+def export_images(params: Params, ws: Workspace) -> dict:
     cfg = params.export
     net, info = load_model_file(ws.model)
     x_test = SplitBatches(ws.prepared, "test")  # streamed: read from the shards at each pass
     if len(x_test) < max(cfg.parity_batch_sizes):
-        needed = max(cfg.parity_batch_sizes)
-        raise ParityError(f"the test split has {len(x_test)} images; export.parity_batch_sizes needs {needed}: lower")
+        need = max(cfg.parity_batch_sizes)
+        raise ParityError(f"the test split has {len(x_test)} images; export.parity_batch_sizes needs {need}: lower")
     compress = CompressReport.read(ws.compress_metrics) if ws.compress_metrics.exists() else None
     accepted = compress.accepted if compress else {}
 
@@ -100,18 +104,15 @@ def export(params: Params, ws: Workspace = WORKSPACE) -> dict:
 
     write_json(ws.export_metrics, {"opset": cfg.opset, "files": records})
     write_json(ws.benchmark, benchmark)
-    eager, fp32 = benchmark["variants"]["pytorch_eager"], benchmark["variants"]["onnx_fp32"]
     chosen = f"deployable default: {default}" if verdict["passed"] else f"fastest: {default}; {verdict['line']}"
-    e, f = eager["batch1_p50_ms"], fp32["batch1_p50_ms"]
+    e, f = (benchmark["variants"][n]["batch1_p50_ms"] for n in ("pytorch_eager", "onnx_fp32"))
     log.info("export: batch-1 p50 PyTorch eager %.3f ms, ONNX FP32 %.3f ms (%.1fx); %s", e, f, e / f, chosen)
     return {"files": records, "benchmark": benchmark}
 
 
 def main(params: ParamsFile = PARAMS) -> None:
-    """Export the trained model and accepted compressed variants to artifacts/export/, checked and benchmarked.
-
-    A file that does not match its source model fails the stage with exit code 1 and writes nothing.
-    """
+    """Export the trained model and accepted variants to artifacts/export/, checked and benchmarked (a file that
+    does not match its source model fails the stage with exit code 1 and writes nothing)."""
     export(load_params(params))
 
 

@@ -61,9 +61,12 @@ def test_repro_end_to_end_then_nothing_then_only_what_changed(lean_run: Path, le
     before = json.loads((repo / "metrics/evaluate.json").read_text())
     exp = sh(repo, "dvc", "exp", "run", "-S", "train.epochs=4", "-S", "train.width=12")
     assert stages_run(exp.stdout) == {"sources", "train", "evaluate", "compress", "export"}  # not ingest, augment
-    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)
-    assert "metrics/evaluate.json" in diff and "metrics/train/metrics.json" in diff
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--all", "--json").stdout)
     after = json.loads((repo / "metrics/evaluate.json").read_text())
+    # DVC's tables show the one summary file: its test accuracy is evaluate's, its change the experiment's
+    assert list(diff) == ["metrics/summary.json"], diff
+    assert diff["metrics/summary.json"]["test_acc"]["new"] == after["accuracy"]
+    assert diff["metrics/summary.json"]["test_acc"]["old"] == before["accuracy"]
     assert after["lineage"]["params_hash"] != before["lineage"]["params_hash"]
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     assert "train.epochs" in json.dumps(shown) or '"epochs": 4' in json.dumps(shown)

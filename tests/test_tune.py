@@ -46,17 +46,18 @@ def lab2prod(repo: Path, *args: str, check: bool = True) -> subprocess.Completed
 
 
 def experiments(repo: Path) -> dict[str, dict[str, Any]]:
-    """name -> {"params": params.yaml's values, "metrics": metrics/train/metrics.json} of every experiment DVC
-    lists (`dvc exp show --json`)."""
+    """name -> {"params": params.yaml's values, "metrics": metrics/summary.json (the metrics file DVC shows), "train":
+    the experiment commit's metrics/train/metrics.json (DVCLive's record)} of every experiment `dvc exp show` lists."""
     found: dict[str, dict[str, Any]] = {}
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             data = node.get("data")
-            if node.get("name") and isinstance(data, dict) and "params" in data and node.get("rev") != "workspace":
+            if str(node.get("name")).startswith("lab2prod-t") and isinstance(data, dict) and "params" in data:
                 found[node["name"]] = {
                     "params": data["params"]["params.yaml"]["data"],
-                    "metrics": data.get("metrics", {}).get("metrics/train/metrics.json", {}).get("data", {}),
+                    "metrics": data.get("metrics", {}).get("metrics/summary.json", {}).get("data", {}),
+                    "train": json.loads(sh(repo, "git", "show", f"{node['rev']}:metrics/train/metrics.json").stdout),
                 }
             for value in node.values():
                 walk(value)
@@ -65,7 +66,7 @@ def experiments(repo: Path) -> dict[str, dict[str, Any]]:
                 walk(value)
 
     walk(json.loads(sh(repo, sys.executable, "-m", "dvc", "exp", "show", "--json").stdout))
-    return {name: exp for name, exp in found.items() if name.startswith("lab2prod-t")}
+    return found
 
 
 def test_study_runs_trials_as_experiments_records_their_metrics_and_resumes(tmp_path: Path) -> None:
@@ -101,7 +102,8 @@ def test_study_runs_trials_as_experiments_records_their_metrics_and_resumes(tmp_
     for t in trials.values():
         exp = exps[t["experiment"]]
         assert t["params"]["train.width"] == exp["params"]["train"]["width"]
-        assert t["values"]["val_accuracy"] == pytest.approx(exp["metrics"]["val"]["acc"], abs=1e-12)
+        assert t["values"]["val_accuracy"] == pytest.approx(exp["train"]["val"]["acc"], abs=1e-12)
+        assert exp["metrics"]["val_acc"] == pytest.approx(exp["train"]["val"]["acc"], abs=1e-12)
         assert t["values"]["macs"] > 0
     # the wider network costs more MACs: the objective is the deployable model's, read from the run
     by_width = {t["params"]["train.width"]: t["values"]["macs"] for t in trials.values()}
@@ -116,12 +118,20 @@ def test_study_runs_trials_as_experiments_records_their_metrics_and_resumes(tmp_
     assert "width" in header and "lr" not in header.split() and "epochs" not in header, table
     for name, exp in exps.items():
         row = next(line for line in table.splitlines() if name in line)
-        assert f"{100 * exp['metrics']['val']['acc']:.2f} %" in row, (row, exp["metrics"])
+        assert f"{100 * exp['train']['val']['acc']:.2f} %" in row, (row, exp["train"])
     compared = sh(
         repo, sys.executable, "-m", "lab2prod.cli.main", "runs", "--compare", "lab2prod-t0", "--compare", "lab2prod-t2",
         env=project_env(repo, COLUMNS="120"),
     ).stdout  # fmt: skip
     assert "train.width" in compared and "train.lr" not in compared, compared
+
+    # DVC's own table: the changed setting and the summary's figures, no truncated cell, within 120 columns
+    shown = sh(repo, sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--drop", ".*/.*").stdout
+    assert max(len(line.rstrip()) for line in shown.splitlines()) <= 120 and "…" not in shown, shown
+    assert all(key in shown.splitlines()[1] for key in ("train.width", "val_acc", "test_acc", "served", "p50_ms"))
+    for name, exp in exps.items():
+        row = next(line for line in shown.splitlines() if name in line).split()
+        assert exp["metrics"]["served"] in row and str(exp["params"]["train"]["width"]) in row, (row, exp)
 
     # --apply best: the chosen trial's settings land in params.yaml
     lab2prod(repo, "tune", "--apply", "best")

@@ -28,13 +28,14 @@ def runs(
     ] = None,
 ) -> None:
     """The workspace, its commit and every experiment (`lab2prod run -S`, `lab2prod tune`): only the settings
-    that differ between them, and the headline figures (validation and test accuracy, macro F1, whether the model
-    beats its baseline, the served file and its batch-1 latency). `dvc exp apply NAME` brings one back."""
+    that differ between them, and the headline figures of metrics/summary.json (validation and test accuracy,
+    whether the model beats its baseline, the served file and its batch-1 latency). `--compare A --compare B`:
+    every figure of the two runs' records that differs. `dvc exp apply NAME` brings one back."""
     from rich.console import Console
     from rich.table import Table
 
     from lab2prod.core.errors import ConfigError
-    from lab2prod.core.experiments import HEADLINE, differing_params, find, read_runs
+    from lab2prod.core.experiments import HEADLINE, details, differing_params, find, read_runs
 
     found = read_runs(Path.cwd())
     console = Console()
@@ -45,8 +46,9 @@ def runs(
         table = Table("setting or figure", a.name, b.name, title=f"{a.name} vs {b.name}")
         for key in differing_params([a, b]):
             table.add_row(key, _cell(a.params.get(key)), _cell(b.params.get(key)))
-        for key in sorted(a.metrics.keys() | b.metrics.keys()):
-            x, y = a.metrics.get(key), b.metrics.get(key)
+        figures_a, figures_b = a.metrics | details(Path.cwd(), a), b.metrics | details(Path.cwd(), b)
+        for key in sorted(figures_a.keys() | figures_b.keys()):
+            x, y = figures_a.get(key), figures_b.get(key)
             if x != y and isinstance(x if x is not None else y, int | float):
                 table.add_row(key.replace("metrics/", ""), _cell(x), _cell(y), style="cyan")
         console.print(table if table.row_count else f"{a.name} and {b.name}: the same settings and figures")

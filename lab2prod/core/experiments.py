@@ -15,19 +15,22 @@ from typing import Any
 from lab2prod.core.dvc import dvc_command, dvc_env
 from lab2prod.core.errors import DataError
 
-# (column, metrics file, dotted key): the headline figures of a run
+SUMMARY = "metrics/summary.json"  # the one metrics file dvc.yaml declares (lab2prod/core/summary.py)
+# (column, metrics file, key): the headline figures of a run
 HEADLINE = [
-    ("val acc", "metrics/train/metrics.json", "val.acc"),
-    ("test acc", "metrics/evaluate.json", "accuracy"),
-    ("test F1", "metrics/evaluate.json", "f1_macro"),
-    ("beats baseline", "metrics/evaluate.json", "verdict.passed"),
+    ("val acc", SUMMARY, "val_acc"),
+    ("test acc", SUMMARY, "test_acc"),
+    ("beats baseline", SUMMARY, "deployable"),
 ]
+# the stages' detailed records beside it (plain outputs in git): `lab2prod runs --compare` reads them too
+DETAILS = ("metrics/train/metrics.json", "metrics/evaluate.json", "metrics/compress.json", "metrics/benchmark.json")
 
 
 @dataclass
 class Run:
     name: str
     rev: str
+    commit: str = ""  # the full git revision ("workspace" for the working tree)
     params: dict[str, Any] = field(default_factory=dict)  # dotted key -> value
     metrics: dict[str, Any] = field(default_factory=dict)  # "file:dotted key" -> value
     served: str | None = None  # export's deployable default
@@ -51,10 +54,11 @@ def _run(state: dict[str, Any], name: str) -> Run:
     metrics: dict[str, Any] = {}
     for path, record in (data.get("metrics") or {}).items():
         metrics.update({f"{path}:{k}": v for k, v in flatten((record or {}).get("data") or {}).items()})
-    run = Run(name=name, rev=str(state.get("rev", ""))[:7], params=params, metrics=metrics)
-    run.served = metrics.get("metrics/benchmark.json:deployable_default")
+    commit = str(state.get("rev", ""))
+    run = Run(name=name, rev=commit[:7], commit=commit, params=params, metrics=metrics)
+    run.served = metrics.get(f"{SUMMARY}:served")
     if run.served:
-        run.latency_ms = metrics.get(f"metrics/benchmark.json:variants.{run.served}.batch1_p50_ms")
+        run.latency_ms = metrics.get(f"{SUMMARY}:p50_ms")
     if state.get("error"):
         run.error = str((state["error"] or {}).get("msg", state["error"]))
     return run
@@ -88,6 +92,21 @@ def differing_params(runs: list[Run]) -> list[str]:
 
 def headline(run: Run, key: str) -> Any:
     return run.metrics.get(key)
+
+
+def details(project: Path, run: Run) -> dict[str, Any]:
+    """Every figure of the run's detailed records (DETAILS) as {"file:dotted key": value}: the workspace's from
+    disk, a commit's or an experiment's from git (DVC commits each experiment's plain outputs)."""
+    out: dict[str, Any] = {}
+    for path in DETAILS:
+        if run.commit == "workspace":
+            text = (project / path).read_text() if (project / path).exists() else ""
+        else:
+            show = ["git", "show", f"{run.commit}:{path}"]
+            text = subprocess.run(show, cwd=project, capture_output=True, text=True).stdout
+        if text.strip():
+            out.update({f"{path}:{k}": v for k, v in flatten(json.loads(text)).items()})
+    return out
 
 
 def find(runs: list[Run], name: str) -> Run:

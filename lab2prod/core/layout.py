@@ -29,6 +29,7 @@ class Workspace:
     exported: Path = Path("artifacts/export")  # export: model.onnx, model_<variant>.onnx, model_card.md
     export_metrics: Path = Path("metrics/export.json")
     benchmark: Path = Path("metrics/benchmark.json")
+    summary: Path = Path("metrics/summary.json")  # export, last: the headline figures DVC's tables show
 
     @property
     def model(self) -> Path:
