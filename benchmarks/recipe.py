@@ -6,7 +6,7 @@ and changes only what its name says:
 
 - `default`: params.yaml as it is (online augmentation, one-cycle AdamW, early stopping).
 - `plain cnn`: the first version's recipe: `small_cnn`, 5 epochs, no augmentation.
-- `epochs_30`: the default recipe with 30 epochs (the default until 2026-12-02).
+- `epochs_30`: the recipe before training was sized by the data: batch 128, width 32, 30 epochs.
 - `channels_last`, `compile`: the default recipe with `train.channels_last` / `train.compile` on.
 - `steps_*`, `batch_128`, `width_*`: other training lengths, batch sizes and network widths than the default.
 - `photo_augment`: random resized crops (35-100 % of the area) and mirroring, params.yaml's advice for photos.
@@ -55,7 +55,9 @@ NO_AUGMENTATION = {
     "augment.crop_scale_min": 1.0,
     "augment.offline_copies": 0,
 }
-OLD_DEFAULT = {"train.batch_size": 128, "train.patience": 10}  # before training was sized by the data
+# before training was sized by the data: batch 128, width 32 and a peak lr of 0.003 at that batch (train.lr is the
+# rate at batch 32 now, scaled by sqrt(128 / 32) = 2)
+OLD_DEFAULT = {"train.batch_size": 128, "train.patience": 10, "train.width": 32, "train.lr": 0.0015}
 ARMS: dict[str, dict[str, Any]] = {
     "default": {},
     "plain_cnn": {"train.architecture": "small_cnn", "train.epochs": 5, **NO_AUGMENTATION},
@@ -67,6 +69,17 @@ ARMS: dict[str, dict[str, Any]] = {
     "batch_128": {"train.batch_size": 128},
     "width_16": {"train.width": 16},  # a quarter of the default network's MACs
     "width_24": {"train.width": 24},
+    "width_24_steps_700": {"train.width": 24, "train.min_steps": 700},
+    "width_24_steps_700_lr006": {"train.width": 24, "train.min_steps": 700, "train.lr": 0.006},
+    "steps_700": {"train.min_steps": 700},
+    "width_24_lr006": {"train.width": 24, "train.lr": 0.006},
+    "width_24_steps_600_lr006": {"train.width": 24, "train.min_steps": 600, "train.lr": 0.006},
+    "width_24_batch_128_steps_400_lr006": {
+        "train.width": 24,
+        "train.batch_size": 128,
+        "train.min_steps": 400,
+        "train.lr": 0.006,
+    },
     # params.yaml's suggestion for photos: random resized crops and mirroring
     "photo_augment": {"augment.crop_scale_min": 0.35, "augment.horizontal_flip": True},
     "channels_last": {"train.channels_last": True},

@@ -111,7 +111,7 @@ def few_labels(seed: int, backbone: str, input_size: int, shots: list[int], work
     cfg = backbone_config(backbone)  # pretrain with the statistics a pretrained backbone is fine-tuned with
     pre[0].mean.fill_(sum(cfg["mean"]) / 3)
     pre[0].std.fill_(sum(cfg["std"]) / 3)
-    pre_s = fit(pre, xs, ys, seed=seed, epochs=15, lr=3e-3)
+    pre_s = fit(pre, xs, ys, seed=seed, lr=3e-3)  # the data-sized budget a user's run on these images gets
     weights = work / f"pretrained-{seed}.safetensors"
     save_file({k: v.contiguous() for k, v in pre[1].state_dict().items()}, str(weights))
     # fine-tune on digits 5-9 with k labels per class

@@ -68,7 +68,7 @@ def train(params: Params, ws: Workspace = WORKSPACE, trainer_overrides: dict[str
         log.info("train: resuming the unfinished run from %s", resume_from)
         trim_curves(ws.train_metrics, resume_from)
 
-    model = build_classifier(cfg, net, spec.n_classes)
+    model = build_classifier(cfg, net, spec.n_classes, budget.lr)
     data = text.datamodule(budget.batch_size, cfg.seed) if text else datamodule(params, ws, cfg.seed, budget.batch_size)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     overrides = {**linear_probe_strategy(cfg), **(trainer_overrides or {})}

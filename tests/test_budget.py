@@ -16,18 +16,21 @@ from tests.conftest import TINY
 
 
 @pytest.mark.parametrize(
-    ("n_train", "batch", "steps_per_epoch", "epochs"),
+    ("n_train", "batch", "steps_per_epoch", "epochs", "lr"),
     [
-        (72, 16, 5, 200),  # 3 classes x 40 images: 5 steps an epoch, 1000 steps in 200 epochs
-        (1078, 32, 34, 30),  # digits
-        (3000, 64, 47, 22),  # MNIST 5k
-        (50_000, 128, 391, 5),  # large: min_epochs decides
-        (10, 10, 1, 300),  # tinier than a batch: the whole split per step, max_epochs caps it
+        (72, 16, 5, 200, 0.003),  # 3 classes x 40 images: 5 steps an epoch, 1000 steps in 200 epochs
+        (1078, 32, 34, 30, 0.003),  # digits
+        (3000, 64, 47, 16, 0.0042426),  # MNIST 5k: 708 steps of 64 (1000 at batch 32), lr 0.003 x sqrt(2)
+        (50_000, 128, 391, 5, 0.006),  # large: min_epochs decides; lr 0.003 x sqrt(4)
+        (10, 10, 1, 300, 0.003),  # tinier than a batch: the whole split per step, max_epochs caps it
     ],
 )
-def test_auto_budget_is_sized_by_the_data(n_train: int, batch: int, steps_per_epoch: int, epochs: int) -> None:
+def test_auto_budget_is_sized_by_the_data(
+    n_train: int, batch: int, steps_per_epoch: int, epochs: int, lr: float
+) -> None:
     b = training_budget(validate_params({}).train, n_train)
     assert (b.batch_size, b.steps_per_epoch, b.epochs) == (batch, steps_per_epoch, epochs)
+    assert b.lr == pytest.approx(lr, rel=1e-4) and f"peak lr {lr:.3g}" in b.why
     assert b.patience == max(5, epochs // 3)
     assert f"{n_train} training images" in b.why and f"{epochs} epochs" in b.why
 

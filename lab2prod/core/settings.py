@@ -92,7 +92,7 @@ class TrainConfig(Section):
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # backbone layer k from the top: lr x this**k
     channels_last: bool = True  # NHWC weights and inputs while training (measured faster: benchmarks/recipe.py)
     compile: bool = False  # torch.compile the network (in place) for training
-    width: Annotated[int, Field(ge=4, le=512)] = 32
+    width: Annotated[int, Field(ge=4, le=512)] = 24
     dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
     # "auto": sized by the data (models/training/budget.py): batches of ~1/32 of the training split (16..128),
     # epochs enough for min_steps optimizer steps (at least min_epochs, at most max_epochs); an int fixes it
@@ -155,7 +155,7 @@ class ExportConfig(Section):
     benchmark_calls: Annotated[int, Field(ge=10, le=1_000_000)] = 2000
     benchmark_batch: Annotated[int, Field(ge=2, le=4096)] = 64
     benchmark_batch_calls: Annotated[int, Field(ge=5, le=100_000)] = 300
-    benchmark_seconds: Annotated[float, Field(gt=0.0)] = 20.0
+    benchmark_seconds: Annotated[float, Field(gt=0.0)] = 10.0
 
 
 class RetrainConfig(Section):

@@ -4,7 +4,8 @@ A fixed `batch_size: 128` and `epochs: 10` gives digits' 1,078 training images 9
 step per epoch (10 in all: a network that has barely moved) and 3,000 MNIST digits too few to converge.
 With `train.batch_size: auto` a batch is about 1/32 of the training split (a power of two, 16..128), so
 every epoch has ~32 steps whatever the data's size; with `train.epochs: auto` the run is long enough for
-`train.min_steps` optimizer steps, at least `min_epochs` and at most `max_epochs` epochs. Early stopping
+`train.min_steps` optimizer steps (counted at batch 32: fewer, larger steps above it, `step_floor`), at least
+`min_epochs` and at most `max_epochs` epochs. Early stopping
 (`train.patience`, "auto" = a third of the epochs, at least 5) ends a run whose validation loss has stopped
 improving; the one-cycle schedule is laid over the planned steps.
 
@@ -22,6 +23,7 @@ from lab2prod.core.settings import TrainConfig
 
 MIN_AUTO_BATCH, MAX_AUTO_BATCH = 16, 128
 STEPS_PER_EPOCH_TARGET = 32  # batch "auto": about this many batches per epoch
+STEPS_BATCH = 32  # train.min_steps counts steps of this many images; larger batches need fewer (step_floor)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Budget:
     patience: int
     n_train: int
     why: str
+    lr: float = 0.0  # the peak learning rate at this batch size (lr_at)
 
     @property
     def steps(self) -> int:
@@ -58,6 +61,20 @@ def auto_batch_size(n_train: int) -> int:
     return max(1, min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, power), n_train))
 
 
+def step_floor(min_steps: int, batch: int) -> int:
+    """`min_steps` counts steps of STEPS_BATCH images; a larger batch's gradient is less noisy, so it needs fewer:
+    min_steps x sqrt(STEPS_BATCH / batch) (708 steps of 64 images, 500 of 128: 1.4x and 2x the images seen).
+    Smaller batches (small data: 16) keep min_steps: they need every step they get."""
+    return math.ceil(min_steps * math.sqrt(STEPS_BATCH / batch)) if batch > STEPS_BATCH else min_steps
+
+
+def lr_at(lr: float, batch: int) -> float:
+    """`train.lr` is the peak learning rate at STEPS_BATCH images; a larger batch takes lr x sqrt(batch /
+    STEPS_BATCH), the square-root scaling rule for Adam-type optimisers (timm's `lr_base_scale: sqrt`; Malladi
+    et al., 2022), so fewer, larger steps still move the weights as far. Smaller batches keep `lr`."""
+    return lr * math.sqrt(batch / STEPS_BATCH) if batch > STEPS_BATCH else lr
+
+
 def training_budget(cfg: TrainConfig, n_train: int, world: int = 1, unit: str = "images") -> Budget:
     """The batch size, epochs and patience for `n_train` training examples on `world` processes; `unit` names them
     in the explanation ("images", "texts")."""
@@ -68,10 +85,11 @@ def training_budget(cfg: TrainConfig, n_train: int, world: int = 1, unit: str = 
     steps_per_epoch = math.ceil(per_rank / batch)
     how_batch = f"batch {batch}" + (" (auto: ~1/32 of the split)" if cfg.batch_size == "auto" else "")
     if cfg.epochs == "auto":
-        wanted = math.ceil(cfg.min_steps / steps_per_epoch)
+        floor = step_floor(cfg.min_steps, batch)
+        wanted = math.ceil(floor / steps_per_epoch)
         epochs = min(cfg.max_epochs, max(cfg.min_epochs, wanted))
         bound = (
-            f"min_steps {cfg.min_steps}"
+            f"min_steps {cfg.min_steps}" + (f" ({floor} at batch {batch})" if floor != cfg.min_steps else "")
             if epochs == wanted
             else (f"min_epochs {cfg.min_epochs}" if epochs == cfg.min_epochs else f"max_epochs {cfg.max_epochs}")
         )
@@ -82,12 +100,14 @@ def training_budget(cfg: TrainConfig, n_train: int, world: int = 1, unit: str = 
     if cfg.freeze_epochs >= epochs:
         raise ConfigError(f"train.freeze_epochs = {cfg.freeze_epochs} leaves none of the {epochs} epochs to tune")
     patience = max(5, epochs // 3) if cfg.patience == "auto" else cfg.patience
+    lr = lr_at(cfg.lr, batch)
     why = (
         f"{n_train} training {unit}: {how_batch}, {steps_per_epoch} steps per epoch; {how_epochs}: "
-        f"{epochs * steps_per_epoch} steps, {epochs * n_train} {unit} seen; early stop after {patience} epochs "
-        "without a better val loss"
+        f"{epochs * steps_per_epoch} steps, {epochs * n_train} {unit} seen; peak lr {lr:.3g}"
+        + (f" (train.lr {cfg.lr:g} at batch {STEPS_BATCH}, x sqrt({batch}/{STEPS_BATCH}))" if lr != cfg.lr else "")
+        + f"; early stop after {patience} epochs without a better val loss"
     )
-    return Budget(batch, epochs, steps_per_epoch, patience, n_train, why)
+    return Budget(batch, epochs, steps_per_epoch, patience, n_train, why, lr)
 
 
 def share_of(epochs: int | str, share: float, trained_epochs: int) -> int:

@@ -172,12 +172,12 @@ def warm_start(cfg: TrainConfig, meta: dict[str, Any], weights: WeightsSource) -
     return spec, net
 
 
-def build_classifier(cfg: TrainConfig, net: nn.Module, n_classes: int) -> ImageClassifier:
-    """The network in the training recipe's LightningModule."""
+def build_classifier(cfg: TrainConfig, net: nn.Module, n_classes: int, lr: float | None = None) -> ImageClassifier:
+    """The network in the training recipe's LightningModule; `lr`: the budget's peak learning rate (else train.lr)."""
     return ImageClassifier(
         net,
         n_classes,
-        lr=cfg.lr,
+        lr=lr or cfg.lr,
         weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing,
         backbone_lr_scale=cfg.backbone_lr_scale,
