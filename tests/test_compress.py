@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -185,14 +186,18 @@ def test_a_variant_that_misses_its_export_check_is_rejected_and_the_rest_are_exp
     tiny_run: dict[str, Path], tmp_path: Path
 ) -> None:
     """Export re-checks every variant; INT8's top-1 agreement with FP32 set to 100 % (compress let it through
-    at 50 %) makes INT8 miss while the FP32-derived files pass: INT8 is rejected with its reason, not the DAG."""
-    agreement = json.loads(tiny_run["compress_metrics"].read_text())["variants"]["int8"]["top1_agreement_with_fp32"]
-    assert agreement < 1.0  # the precondition: the tiny model's INT8 file disagrees with FP32 somewhere
+    at 50 %) makes INT8 miss while the FP32-derived files pass: INT8 is rejected with its reason, not the DAG.
+    Whether the tiny model's own INT8 file disagrees with FP32 anywhere depends on the CPU, so the file export
+    checks is the distilled student's INT8 file (same inputs and classes, other weights): it surely does."""
+    compressed = tmp_path / "compress"
+    shutil.copytree(tiny_run["ws"].compressed, compressed)
+    shutil.copy2(compressed / "student_int8.onnx", compressed / "int8.onnx")
     strict = validate_params(
         {**TINY, "compress": {**TINY["compress"], "int8": {**TINY["compress"]["int8"], "min_top1_agreement": 1.0}}}
     )
     ws = replace(
         tiny_run["ws"],
+        compressed=compressed,
         exported=tmp_path / "export",
         export_metrics=tmp_path / "export.json",
         benchmark=tmp_path / "benchmark.json",

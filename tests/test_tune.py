@@ -124,6 +124,11 @@ def test_study_runs_trials_as_experiments_records_their_metrics_and_resumes(tmp_
         env=project_env(repo, COLUMNS="120"),
     ).stdout  # fmt: skip
     assert "train.width" in compared and "train.lr" not in compared, compared
+    # ... with every figure of the two runs' records that differs: shares in percent, latencies as they are
+    rows = compared.splitlines()
+    assert "%" not in next(r for r in rows if "onnx_fp32.batch1_p50_ms" in r), compared  # a latency, in ms
+    shares = [r for r in rows if "│" in r and r.split("│")[1].strip().endswith(("accuracy", ".acc", "f1_macro"))]
+    assert all(r.count("%") == 2 for r in shares), compared
 
     # DVC's own table: the changed setting and the summary's figures, no truncated cell, within 120 columns
     shown = sh(repo, sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--drop", ".*/.*").stdout

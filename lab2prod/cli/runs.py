@@ -9,15 +9,23 @@ import typer
 
 from lab2prod.core.console import stage_entry
 
+SHARES = ("acc", "f1", "precision", "recall", "agreement")  # figures that are shares of a split: shown in %
 
-def _cell(value: Any) -> str:
+
+def _cell(value: Any, share: bool = False) -> str:
+    """A table cell: a share (accuracy, F1, ...) in percent, any other number (a setting such as train.lr, a
+    latency) with 4 significant digits."""
     if value is None:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "NO"
     if isinstance(value, float):
-        return f"{100 * value:.2f} %" if 0 <= value <= 1 else f"{value:.4g}"
+        return f"{100 * value:.2f} %" if share and 0 <= value <= 1 else f"{value:.4g}"
     return str(value)
+
+
+def _is_share(key: str) -> bool:
+    return any(word in key.rsplit(":", 1)[-1].rsplit(".", 1)[-1].lower() for word in SHARES)
 
 
 @stage_entry
@@ -50,17 +58,20 @@ def runs(
         for key in sorted(figures_a.keys() | figures_b.keys()):
             x, y = figures_a.get(key), figures_b.get(key)
             if x != y and isinstance(x if x is not None else y, int | float):
-                table.add_row(key.replace("metrics/", ""), _cell(x), _cell(y), style="cyan")
+                share = _is_share(key)
+                table.add_row(key.replace("metrics/", ""), _cell(x, share), _cell(y, share), style="cyan")
         console.print(table if table.row_count else f"{a.name} and {b.name}: the same settings and figures")
         return
     keys = differing_params(found)
-    table = Table("run", *[k.split(".", 1)[-1] for k in keys], *[h[0] for h in HEADLINE], "served", "p50 ms")
+    table = Table()
+    table.add_column("run", no_wrap=True)  # the name `dvc exp apply` takes: never cut short
+    for column in [*[k.split(".", 1)[-1] for k in keys], *[h[0] for h in HEADLINE], "served", "p50 ms"]:
+        table.add_column(column)
     for run in found:
         cells = [_cell(run.params.get(k)) for k in keys]
-        cells += [_cell(run.metrics.get(f"{path}:{key}")) for _, path, key in HEADLINE]
+        cells += [_cell(run.metrics.get(f"{path}:{key}"), _is_share(key)) for _, path, key in HEADLINE]
         latency = f"{run.latency_ms:.3f}" if run.latency_ms is not None else "–"
-        label = run.name if run.name == "workspace" or run.rev in run.name else f"{run.name} ({run.rev})"
-        table.add_row(label, *cells, (run.served or "–").removeprefix("onnx_"), latency)
+        table.add_row(run.name, *cells, (run.served or "–").removeprefix("onnx_"), latency)
     console.print(table)
     if not keys:
         console.print("no setting differs between these runs")

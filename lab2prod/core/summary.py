@@ -5,7 +5,9 @@ compress, export and benchmark records declared that was ~300 columns (per-class
 latency percentiles, parity records), unreadable at any terminal width. Those files stay where they are, as
 plain outputs, for the stages, the registry, the model card and `lab2prod runs` to read; DVC's tables show
 this instead, a few short columns that tell runs apart. The export stage writes it last, from what the
-other stages wrote (nothing here is measured again).
+other stages wrote (nothing here is measured again). Keys (docs/tuning.md has the same table): val_acc,
+test_acc (the trained model's), deployable (evaluate's verdict), served (the file `lab2prod serve` uses by
+default), p50_ms and mmacs (that file's batch-1 median latency and millions of MACs per input).
 """
 
 from __future__ import annotations
@@ -15,16 +17,6 @@ from typing import Any
 
 from lab2prod.core.files import read_json, write_json
 from lab2prod.core.layout import Workspace
-
-# key -> what it is (docs/tuning.md lists the same)
-KEYS = {
-    "val_acc": "validation accuracy of the trained model (train stage; the split tuning may look at)",
-    "test_acc": "test accuracy of the trained model (evaluate stage)",
-    "deployable": "the model beats the baseline by the margin (evaluate's verdict): a deployable default exists",
-    "served": "the file lab2prod serve uses by default (export: the fastest accurate one)",
-    "p50_ms": "that file's batch-1 median latency on the machine that ran export, ms",
-    "mmacs": "that file's multiply-accumulates per input, millions",
-}
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:

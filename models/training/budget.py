@@ -34,7 +34,7 @@ class Budget:
     patience: int
     n_train: int
     why: str
-    lr: float = 0.0  # the peak learning rate at this batch size (lr_at)
+    lr: float  # the peak learning rate at this batch size (lr_at)
 
     @property
     def steps(self) -> int:
