@@ -14,8 +14,9 @@ from typing import Any
 
 from lab2prod.core.dvc import dvc_command, dvc_env
 from lab2prod.core.errors import DataError
+from lab2prod.core.layout import WORKSPACE
 
-SUMMARY = "metrics/summary.json"  # the one metrics file dvc.yaml declares (lab2prod/core/summary.py)
+SUMMARY = WORKSPACE.summary.as_posix()  # the one metrics file dvc.yaml declares (lab2prod/core/summary.py)
 # (column, metrics file, key): the headline figures of a run
 HEADLINE = [
     ("val acc", SUMMARY, "val_acc"),
@@ -23,7 +24,15 @@ HEADLINE = [
     ("beats baseline", SUMMARY, "deployable"),
 ]
 # the stages' detailed records beside it (plain outputs in git): `lab2prod runs --compare` reads them too
-DETAILS = ("metrics/train/metrics.json", "metrics/evaluate.json", "metrics/compress.json", "metrics/benchmark.json")
+DETAILS = tuple(
+    path.as_posix()
+    for path in (
+        WORKSPACE.train_metrics / "metrics.json",
+        WORKSPACE.evaluate_metrics,
+        WORKSPACE.compress_metrics,
+        WORKSPACE.benchmark,
+    )
+)
 
 
 @dataclass
